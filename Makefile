@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make demo` (main job on the bundled default) and `make test`.
+# Both create .venv on first use. torch is pinned to the CPU build on disk here; elsewhere pip picks the wheel.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: setup demo test lint format bench gates
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/fairdiff generate --model tiny --prompt "a photo of the face of a doctor" -n 16 --seed 0 --out out/demo
+
+test: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/python -m pytest -q
+
+format: setup
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: setup
+	$(BIN)/python bench/render_throughput.py
+
+gates: setup
+	$(BIN)/fairdiff world gates --out docs/results/gates.json

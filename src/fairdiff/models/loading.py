@@ -1,0 +1,125 @@
+"""Resolve `--model` to a diffusers pipeline: "tiny" (bundled), a local directory, or a hub id.
+
+SD 1.x, SDXL and any `DiffusionPipeline` with a `model_index.json` load through diffusers itself; the
+bundled tiny model loads through `TinyPortraitPipeline`. Every failure is one `FairdiffError` naming the
+model and what went wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fairdiff.errors import FairdiffError
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline plus what a run directory must record about it."""
+
+    pipeline: object
+    name: str  # what the user passed
+    kind: str  # "tiny", "sd", "sdxl" or the pipeline class name
+    source: str  # resolved directory or hub id
+
+    def weight_hashes(self) -> dict[str, str]:
+        """sha256 of every weight file the pipeline was loaded from (empty for hub ids not in the cache)."""
+        root = Path(self.source)
+        if not root.is_dir():
+            return {}
+        return {
+            str(p.relative_to(root)): file_sha256(p)
+            for p in sorted(root.rglob("*"))
+            if p.suffix in (".safetensors", ".bin", ".ckpt", ".pt") and p.is_file()
+        }
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise FairdiffError(f"unknown --dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise FairdiffError(f"unknown --device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FairdiffError(f"--device {device!r}: CUDA is not available on this machine")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise FairdiffError(f"--device {device!r}: MPS is not available on this machine")
+    return dev
+
+
+def _kind(class_name: str) -> str:
+    if class_name == "TinyPortraitPipeline":
+        return "tiny"
+    if class_name.startswith("StableDiffusionXL"):
+        return "sdxl"
+    if class_name.startswith("StableDiffusion"):
+        return "sd"
+    return class_name
+
+
+def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """Load `model` ("tiny", a directory with model_index.json, or a hub id) onto `device` in `dtype`."""
+    from diffusers import DiffusionPipeline
+
+    from fairdiff.models.tiny import TinyPortraitPipeline, bundled_model_dir
+
+    torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
+    path = bundled_model_dir() if model == "tiny" else Path(model).expanduser()
+    if model == "tiny" and not (path / "model_index.json").is_file():
+        raise FairdiffError(f"bundled tiny model missing at {path}; train it with `fairdiff world train-model`")
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise FairdiffError(f"model {model!r}: directory has no model_index.json (not a diffusers pipeline)")
+        try:
+            class_name = json.loads(index.read_text())["_class_name"]
+        except (ValueError, KeyError) as exc:
+            raise FairdiffError(f"model {model!r}: unreadable model_index.json ({exc})") from None
+        cls = TinyPortraitPipeline if class_name == "TinyPortraitPipeline" else DiffusionPipeline
+        source = str(path.resolve())
+    elif _HUB_ID.match(model) and not Path(model).exists() and not model.startswith((".", "/", "~")):
+        cls, class_name, source = DiffusionPipeline, None, model
+    else:
+        raise FairdiffError(f"unknown model {model!r}: not 'tiny', a pipeline directory, or a hub id (owner/name)")
+    try:
+        pipe = cls.from_pretrained(source, torch_dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FairdiffError(f"model {model!r} could not be loaded: {first}") from None
+    pipe = pipe.to(torch_device)
+    class_name = class_name or type(pipe).__name__
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    logger.info("loaded %s (%s) from %s", model, class_name, source)
+    return LoadedModel(pipeline=pipe, name=model, kind=_kind(class_name), source=source)

@@ -1,0 +1,168 @@
+"""Quality gates of a world model, measured with the world classifier.
+
+- controllability: prompts naming skin, gender, age and occupation are drawn as asked (share per attribute)
+- fidelity: neutral occupation prompts without guidance reproduce the world config's injected shares;
+  the same prompts at the default guidance show how much guidance amplifies each skew
+- validity: share of generated images the classifier is confident (>= 0.9) about on every head
+- paraphrase: held-out wordings ("a physician") against the shares of the occupation they paraphrase
+
+Every image has its own seed (base seed + index), so a gate run is reproducible.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from fairdiff.world.captions import describe, fill_template
+from fairdiff.world.config import WorldConfig
+from fairdiff.world.schema import AGES, ATTRIBUTES, GENDERS, SKINS
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE = "a photo of the face of a {subject}"
+CONFIDENCE = 0.9
+
+
+@dataclass
+class GateConfig:
+    control_occupations: tuple[str, ...] = ("doctor", "nurse", "ceo", "housekeeper")
+    control_n: int = 32  # images per (skin, gender, occupation) prompt
+    fidelity_occupations: tuple[str, ...] = ("doctor", "nurse", "ceo", "housekeeper")
+    fidelity_n: int = 400  # per occupation; sampling s.e. of a share <= 0.025, so +-0.08 is > 3 s.e.
+    guided_n: int = 200  # per occupation at the default guidance (a report, not a gate)
+    paraphrase_n: int = 64
+    steps: int = 25
+    guidance: float = 3.0
+    batch_size: int = 256
+    seed: int = 0
+    # thresholds from the issue
+    control_min: float = 0.90
+    fidelity_tol: float = 0.08
+    validity_min: float = 0.95
+    paraphrase_tol: float = 0.15
+
+
+@dataclass
+class GateReport:
+    config: dict
+    controllability: dict[str, float]  # attribute -> share drawn as asked
+    fidelity: dict[str, dict]  # occupation -> attribute -> {value: {"injected", "g1", "guided"}}
+    fidelity_max_error: float
+    guidance_amplification: dict[str, dict[str, float]]  # occupation -> attribute -> ratio
+    validity: float
+    paraphrase: dict[str, dict]  # paraphrase -> {"occupation", "max_error", "shares"}
+    paraphrase_max_error: float
+    passed: dict[str, bool] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+Sampler = Callable[[list[str], list[int], float], np.ndarray]  # prompts, seeds, guidance -> uint8 images
+
+
+def _shares(probs: dict[str, np.ndarray], attribute: str) -> dict[str, float]:
+    labels = probs[attribute].argmax(1)
+    return {v: float(np.mean(labels == k)) for k, v in enumerate(ATTRIBUTES[attribute])}
+
+
+def run_gates(
+    world: WorldConfig,
+    sample: Sampler,
+    classify: Callable[[np.ndarray], dict[str, np.ndarray]],
+    cfg: GateConfig,
+    on_images: Callable[[int], None] | None = None,
+) -> GateReport:
+    """Measure all gates with `sample` (the model) and `classify` (the world classifier)."""
+    seed_counter = [cfg.seed * 1_000_000]
+    confident: list[np.ndarray] = []
+
+    def draw(prompts: list[str], guidance: float) -> dict[str, np.ndarray]:
+        out: dict[str, list[np.ndarray]] = {a: [] for a in ATTRIBUTES}
+        for i in range(0, len(prompts), cfg.batch_size):
+            chunk = prompts[i : i + cfg.batch_size]
+            seeds = list(range(seed_counter[0], seed_counter[0] + len(chunk)))
+            seed_counter[0] += len(chunk)
+            probs = classify(sample(chunk, seeds, guidance))
+            confident.append(np.all([p.max(1) >= CONFIDENCE for p in probs.values()], axis=0))
+            for a in ATTRIBUTES:
+                out[a].append(probs[a])
+            if on_images is not None:
+                on_images(len(chunk))
+        return {a: np.concatenate(v) for a, v in out.items()}
+
+    # controllability: skin x gender x occupation, age alternating so both ages are asked for
+    asked, prompts = [], []
+    for k, (occ, skin, gender) in enumerate((o, s, g) for o in cfg.control_occupations for s in SKINS for g in GENDERS):
+        age = AGES[k % 2]
+        want = {"skin": skin, "gender": gender, "age": age, "occupation": occ}
+        text = fill_template(TEMPLATE, describe(skin=skin, age=age, gender=gender, occupation=occ))
+        asked += [want] * cfg.control_n
+        prompts += [text] * cfg.control_n
+    probs = draw(prompts, cfg.guidance)
+    controllability = {
+        a: float(np.mean([ATTRIBUTES[a][lab] == w[a] for lab, w in zip(probs[a].argmax(1), asked, strict=True)]))
+        for a in ("gender", "skin", "age", "occupation")
+    }
+
+    # fidelity: neutral prompts at guidance 1 (no CFG) against the injected shares, and at default guidance
+    fidelity: dict[str, dict] = {}
+    amplification: dict[str, dict[str, float]] = {}
+    max_err = 0.0
+    for occ in cfg.fidelity_occupations:
+        text = fill_template(TEMPLATE, describe(occupation=occ))
+        truth = world.expected_shares(occ)
+        g1 = draw([text] * cfg.fidelity_n, 1.0)
+        guided = draw([text] * cfg.guided_n, cfg.guidance)
+        fidelity[occ], amplification[occ] = {}, {}
+        for a in ("gender", "skin", "age", "attire"):
+            s1, sg = _shares(g1, a), _shares(guided, a)
+            fidelity[occ][a] = {v: {"injected": truth[a][v], "g1": s1[v], "guided": sg[v]} for v in ATTRIBUTES[a]}
+            max_err = max(max_err, *(abs(s1[v] - truth[a][v]) for v in ATTRIBUTES[a]))
+            # how far guidance pushes the majority value away from uniform, relative to no guidance
+            top = max(truth[a], key=truth[a].get)
+            uniform = 1.0 / len(ATTRIBUTES[a])
+            dev1, devg = s1[top] - uniform, sg[top] - uniform
+            amplification[occ][a] = float(devg / dev1) if abs(dev1) > 1e-9 else float("nan")
+
+    # paraphrases at guidance 1
+    paraphrase: dict[str, dict] = {}
+    para_max = 0.0
+    for occ in cfg.fidelity_occupations:
+        truth = world.expected_shares(occ)
+        for word in world.occupations[occ].paraphrases:
+            text = fill_template(TEMPLATE, describe(occupation_word=word))
+            probs_p = draw([text] * cfg.paraphrase_n, 1.0)
+            shares = {a: _shares(probs_p, a) for a in ("gender", "skin", "age")}
+            err = max(abs(shares[a][v] - truth[a][v]) for a in shares for v in shares[a])
+            occ_share = _shares(probs_p, "occupation")[occ]
+            paraphrase[word] = {
+                "occupation": occ,
+                "max_error": err,
+                "occupation_share": occ_share,
+                "shares": shares,
+            }
+            para_max = max(para_max, err)
+
+    validity = float(np.mean(np.concatenate(confident)))
+    report = GateReport(
+        config=asdict(cfg),
+        controllability=controllability,
+        fidelity=fidelity,
+        fidelity_max_error=max_err,
+        guidance_amplification=amplification,
+        validity=validity,
+        paraphrase=paraphrase,
+        paraphrase_max_error=para_max,
+    )
+    report.passed = {
+        "controllability": min(controllability.values()) >= cfg.control_min,
+        "fidelity": max_err <= cfg.fidelity_tol,
+        "validity": validity >= cfg.validity_min,
+        "paraphrase": para_max <= cfg.paraphrase_tol,
+    }
+    return report

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fairdiff.cli import app
+
+runner = CliRunner()
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_help_and_version():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "generate" in result.output and "world" in result.output
+    assert runner.invoke(app, ["--version"]).output.startswith("fairdiff ")
+    for sub in (
+        ["generate"],
+        ["world", "render"],
+        ["world", "sheet"],
+        ["world", "gates"],
+        ["world", "train-model"],
+        ["world", "train-classifier"],
+    ):
+        assert runner.invoke(app, [*sub, "--help"]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["generate", "-p", "a doctor", "--model", "no/such/thing"], "unknown model 'no/such/thing'"),
+        (["generate", "-p", "a doctor", "-n", "0"], "-n must be >= 1, got 0"),
+        (["generate", "-p", "a doctor", "--steps", "0"], "--steps must be >= 1, got 0"),
+        (["generate", "-p", "a doctor", "--dtype", "float8"], "unknown --dtype 'float8'"),
+        (["world", "render", "--n", "0"], "--n must be >= 1"),
+    ],
+)
+def test_bad_input_is_one_red_line(args, message, tmp_path):
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "out")] if args[0] == "generate" else args)
+    assert message in _error_line(result)
+
+
+def test_bad_world_yaml(tmp_path):
+    bad = tmp_path / "world.yaml"
+    bad.write_text("occupations:\n  doctor:\n    gender: {man: 0.9, woman: 0.3}\ncontexts: {}\n")
+    line = _error_line(
+        runner.invoke(app, ["world", "render", "--n", "3", "--config", str(bad), "--out", str(tmp_path / "o")])
+    )
+    assert "occupations.doctor.gender: probabilities sum to 1.2" in line
+
+
+def test_unwritable_out(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    line = _error_line(runner.invoke(app, ["generate", "-p", "a doctor", "--out", str(blocker / "sub")]))
+    assert "not writable" in line and str(blocker / "sub") in line
+
+
+def test_debug_shows_the_traceback():
+    result = runner.invoke(app, ["--debug", "generate", "-p", "a doctor", "-n", "0"])
+    assert result.exit_code != 0 and result.exception is not None
+    assert "-n must be >= 1" in str(result.exception)
+
+
+def test_world_render_and_sheet(tmp_path):
+    result = runner.invoke(app, ["world", "render", "--n", "12", "--out", str(tmp_path / "w"), "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    rows = (tmp_path / "w" / "manifest.jsonl").read_text().splitlines()
+    assert len(rows) == 12 and set(json.loads(rows[0])) >= {
+        "file",
+        "caption",
+        "gender",
+        "skin",
+        "age",
+        "attire",
+        "occupation",
+    }
+    result = runner.invoke(app, ["world", "sheet", "--out", str(tmp_path / "sheet.png")])
+    assert result.exit_code == 0 and (tmp_path / "sheet.png").stat().st_size > 10_000
