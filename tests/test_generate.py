@@ -31,6 +31,7 @@ def test_generate_writes_pngs_grid_and_sidecar(random_tiny_dir, tmp_path):
     on_disk = json.loads((tmp_path / "a" / "generate.json").read_text())
     assert on_disk["positive_prompt"] == "a woman" and on_disk["negative_prompt"] == "revealing, bare shoulders"
     assert on_disk["seeds"] == list(range(10, 15)) and on_disk["steps"] == 2
+    assert on_disk["guidance"] == 3.0  # the tiny pipeline's default, recorded although not given
     assert on_disk["scheduler"]["class"] == "DPMSolverMultistepScheduler"
     assert {"torch", "diffusers", "transformers", "fairdiff"} <= set(on_disk["versions"])
     assert "unet/diffusion_pytorch_model.safetensors" in on_disk["weight_hashes"]

@@ -6,6 +6,7 @@ size, and the same seed gives byte-identical PNGs on the same machine.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -90,6 +91,14 @@ def run_pipeline(
     return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
 
+def effective_guidance(loaded: LoadedModel, guidance: float | None) -> float | None:
+    """The guidance scale a run used: the one given, else the pipeline's own default."""
+    if guidance is not None:
+        return guidance
+    param = inspect.signature(loaded.pipeline.__call__).parameters.get("guidance_scale")
+    return None if param is None or param.default is inspect.Parameter.empty else float(param.default)
+
+
 def generate(
     loaded: LoadedModel, cfg: GenerateConfig, out: Path, on_batch: Callable[[int], None] | None = None
 ) -> dict:
@@ -132,7 +141,7 @@ def generate(
         "config": asdict(cfg),
         "seeds": seeds,
         "steps": cfg.steps,
-        "guidance": cfg.guidance,
+        "guidance": effective_guidance(loaded, cfg.guidance),
         "scheduler": {"class": type(scheduler).__name__, "config": dict(scheduler.config)},
         "device": str(loaded.pipeline.device),
         "dtype": str(getattr(loaded.pipeline, "dtype", "")),

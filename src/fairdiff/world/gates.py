@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from fairdiff.models.tiny import DEFAULT_GUIDANCE_SCALE
 from fairdiff.world.captions import describe, fill_template
 from fairdiff.world.config import WorldConfig
 from fairdiff.world.schema import AGES, ATTRIBUTES, GENDERS, SKINS
@@ -36,7 +37,7 @@ class GateConfig:
     guided_n: int = 200  # per occupation at the default guidance (a report, not a gate)
     paraphrase_n: int = 64
     steps: int = 25
-    guidance: float = 3.0
+    guidance: float = DEFAULT_GUIDANCE_SCALE
     batch_size: int = 256
     seed: int = 0
     # thresholds from the issue
