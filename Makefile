@@ -7,12 +7,11 @@ TORCH ?= torch==2.13.0
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: setup demo test lint format bench gates
+.PHONY: setup demo test format bench gates
 setup: $(BIN)/.installed
 
 demo: setup

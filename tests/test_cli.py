@@ -85,3 +85,24 @@ def test_world_render_and_sheet(tmp_path):
     }
     result = runner.invoke(app, ["world", "sheet", "--out", str(tmp_path / "sheet.png")])
     assert result.exit_code == 0 and (tmp_path / "sheet.png").stat().st_size > 10_000
+
+
+def test_generate_bundled_model_twice_is_byte_identical(tmp_path):
+    args = ["generate", "--model", "tiny", "-p", "a photo of the face of a nurse -revealing", "-n", "3", "--steps", "4"]
+    for name in ("a", "b"):
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    for png in ("000000.png", "000001.png", "000002.png", "grid.png"):
+        assert (tmp_path / "a" / png).read_bytes() == (tmp_path / "b" / png).read_bytes()
+    sidecar = json.loads((tmp_path / "a" / "generate.json").read_text())
+    assert sidecar["model_kind"] == "tiny" and sidecar["negative_prompt"] == "revealing"
+    assert any(k.startswith("text_encoder(") for k in sidecar["weight_hashes"])
+
+
+def test_world_gates_cli_writes_json(tmp_path):
+    out = tmp_path / "gates.json"
+    result = runner.invoke(app, ["world", "gates", "--scale", "0.03", "--steps", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert set(report["passed"]) == {"controllability", "fidelity", "validity", "paraphrase"}
+    assert report["config"]["fidelity_n"] == 12 and "quality gates" in result.output

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,7 +127,9 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32") -> Lo
     else:
         raise FairdiffError(f"unknown model {model!r}: not 'tiny', a pipeline directory, or a hub id (owner/name)")
     try:
-        pipe = cls.from_pretrained(source, torch_dtype=torch_dtype)
+        with warnings.catch_warnings():  # newer diffusers renamed torch_dtype to dtype; older ones know only this
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*")
+            pipe = cls.from_pretrained(source, torch_dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FairdiffError(f"model {model!r} could not be loaded: {first}") from None

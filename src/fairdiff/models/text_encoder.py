@@ -29,7 +29,7 @@ def load_minilm(dtype: torch.dtype = torch.float32):
 
     path = minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = BertModel.from_pretrained(path, torch_dtype=dtype, add_pooling_layer=False)
+    model = BertModel.from_pretrained(path, dtype=dtype, add_pooling_layer=False)
     model.eval().requires_grad_(False)
     return tokenizer, model
 

@@ -62,6 +62,37 @@ class GateReport:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def summary_rows(self) -> list[tuple[str, str, str, bool]]:
+        """(gate, measured, target, passed) per gate, for tables."""
+        c = self.config
+        control = ", ".join(f"{a} {v:.3f}" for a, v in self.controllability.items())
+        return [
+            (
+                "controllability (share drawn as asked)",
+                control,
+                f">= {c['control_min']}",
+                self.passed["controllability"],
+            ),
+            (
+                "fidelity, guidance 1 (max |share - injected|)",
+                f"{self.fidelity_max_error:.3f}",
+                f"<= {c['fidelity_tol']}",
+                self.passed["fidelity"],
+            ),
+            (
+                "validity (confidence >= 0.9 on every head)",
+                f"{self.validity:.3f}",
+                f">= {c['validity_min']}",
+                self.passed["validity"],
+            ),
+            (
+                "paraphrase (max |share - injected|)",
+                f"{self.paraphrase_max_error:.3f}",
+                f"<= {c['paraphrase_tol']}",
+                self.passed["paraphrase"],
+            ),
+        ]
+
 
 Sampler = Callable[[list[str], list[int], float], np.ndarray]  # prompts, seeds, guidance -> uint8 images
 
