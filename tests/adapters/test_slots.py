@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fairdiff.adapters import LoRASlots, inject_slots, merge_all, slotted_layers, unmerge_all
+
+
+def _linear(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return nn.Linear(12, 10).to(dtype)
+
+
+def _conv(seed=0):
+    torch.manual_seed(seed)
+    return nn.Conv2d(5, 7, 3, padding=1)
+
+
+def _adapters(layer, ranks, seed=1):
+    """Random non-zero adapters (A, B, scale) for `layer`, one per rank."""
+    g = torch.Generator().manual_seed(seed)
+    w = layer.weight
+    in_shape = w.shape[1:]
+    return [
+        (torch.randn(r, *in_shape, generator=g), torch.randn(w.shape[0], r, generator=g), 0.5 + i)
+        for i, r in enumerate(ranks)
+    ]
+
+
+def _dense(layer, adapters, coefs):
+    """Reference: a copy of the layer with W0 + sum c_k s_k B_k A_k computed densely in float64."""
+    w = layer.weight.detach().double().reshape(layer.weight.shape[0], -1)
+    for (A, B, s), c in zip(adapters, coefs, strict=True):
+        w = w + c * s * (B.double() @ A.double().reshape(A.shape[0], -1))
+    return w.reshape(layer.weight.shape)
+
+
+def _apply(layer, weight, x):
+    if isinstance(layer, nn.Conv2d):
+        return nn.functional.conv2d(x.double(), weight, layer.bias.double(), layer.stride, layer.padding)
+    return nn.functional.linear(x.double(), weight, layer.bias.double())
+
+
+@pytest.mark.parametrize("make", [_linear, _conv])
+def test_fresh_slots_change_nothing(make):
+    base = make()
+    layer = LoRASlots(make(), num_slots=3, rank=4)
+    x = torch.randn(2, 5, 6, 6) if isinstance(base, nn.Conv2d) else torch.randn(2, 3, 12)
+    layer.weights.fill_(1.0)
+    torch.testing.assert_close(layer(x), base(x))
+
+
+@pytest.mark.parametrize("make", [_linear, _conv])
+def test_weighted_composition_is_the_exact_sum_of_deltas(make):
+    layer = LoRASlots(make(), num_slots=3, rank=4)
+    adapters = _adapters(layer.base_layer, ranks=[4, 2, 3])  # different ranks in one layer
+    for k, (A, B, s) in enumerate(adapters):
+        layer.set_slot(k, A, B, s)
+    coefs = [0.7, -1.3, 0.5]  # negative weights included
+    layer.weights.copy_(torch.tensor(coefs))
+    x = torch.randn(2, 5, 6, 6) if isinstance(layer.base_layer, nn.Conv2d) else torch.randn(2, 3, 12)
+    expected = _apply(layer.base_layer, _dense(layer.base_layer, adapters, coefs), x)
+    torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        layer.delta_weight().double(),
+        _dense(layer.base_layer, adapters, coefs) - layer.base_layer.weight.double(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("make", [_linear, _conv])
+def test_per_sample_adapters_in_one_batch_equal_each_sample_alone(make):
+    layer = LoRASlots(make(), num_slots=4, rank=3)
+    for k, (A, B, s) in enumerate(_adapters(layer.base_layer, ranks=[3, 3, 1, 2])):
+        layer.set_slot(k, A, B, s)
+    conv = isinstance(layer.base_layer, nn.Conv2d)
+    x = torch.randn(5, 5, 6, 6) if conv else torch.randn(5, 3, 12)
+    rows = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0], [0.5, 0, -1, 0]], dtype=torch.float)
+    layer.sample_weights = rows
+    batched = layer(x)
+    layer.sample_weights = None
+    for i in range(5):
+        layer.weights.copy_(rows[i])
+        torch.testing.assert_close(batched[i : i + 1], layer(x[i : i + 1]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_merge_unmerge_1000_cycles_is_bit_exact(dtype):
+    layer = LoRASlots(_linear(dtype=dtype), num_slots=2, rank=4)
+    for k, (A, B, s) in enumerate(_adapters(layer.base_layer, ranks=[4, 4])):
+        layer.set_slot(k, A, B, s)
+    layer.weights.copy_(torch.tensor([0.8, -0.3]))
+    original = layer.base_layer.weight.detach().clone()
+    x = torch.randn(3, 12, dtype=dtype)
+    unmerged_out = layer(x)
+    for _ in range(1000):
+        layer.merge()
+        layer.unmerge()
+    assert torch.equal(layer.base_layer.weight, original)
+    layer.merge()
+    assert not torch.equal(layer.base_layer.weight, original)
+    torch.testing.assert_close(layer(x), unmerged_out, rtol=2e-2, atol=2e-2)  # merged in fp32, stored in dtype
+    layer.unmerge()
+    assert torch.equal(layer.base_layer.weight, original)
+
+
+def test_inject_into_the_tiny_unet_and_train_only_a_and_b():
+    from fairdiff.models.tiny import build_tiny_unet
+
+    unet = build_tiny_unet().requires_grad_(False)
+    names = inject_slots(unet, [r".*attn2\.to_[kv]", r".*attn2\.to_out\.0"], num_slots=2, rank=4)
+    assert len(names) == 4 * 3 and all("attn2" in n for n in names)  # 4 transformer blocks x (k, v, out)
+    trainable = {n for n, p in unet.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
+    assert len(list(slotted_layers(unet))) == 12
+    merge_all(unet)
+    assert all(layer.merged for _, layer in slotted_layers(unet))
+    unmerge_all(unet)
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match="wraps Linear, Conv2d; got LayerNorm"):
+        LoRASlots(nn.LayerNorm(4), 1, 1)
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    with pytest.raises(ValueError, match="no module name matches"):
+        inject_slots(model, ["nothing"], 1, 1)
+    with pytest.raises(ValueError, match="module '1' is a LayerNorm"):
+        inject_slots(model, ["1"], 1, 1)
+    layer = LoRASlots(_linear(), 2, 2)
+    with pytest.raises(ValueError, match=r"adapter A \(3, 12\) / B \(10, 3\) does not fit slots of rank <= 2"):
+        layer.set_slot(0, torch.randn(3, 12), torch.randn(10, 3), 1.0)
+    layer.sample_weights = torch.ones(3, 2)
+    with pytest.raises(ValueError, match=r"`sample_weights` must be \(batch=2, slots=2\)"):
+        layer(torch.randn(2, 12))
