@@ -73,6 +73,16 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+def _load_pipeline(model: str, device: str = "cpu", dtype: str = "float32"):
+    """load_pipeline without diffusers' own loading bars (the CLI shows its own progress)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from fairdiff.models.loading import load_pipeline
+
+    diffusers_logging.disable_progress_bar()
+    return load_pipeline(model, device=device, dtype=dtype)
+
+
 def _progress():
     from rich.progress import (
         BarColumn,
@@ -117,7 +127,6 @@ def generate(
     with expected_errors():
         from fairdiff.generate import GenerateConfig, ensure_writable_dir
         from fairdiff.generate import generate as run_generate
-        from fairdiff.models.loading import load_pipeline
 
         cfg = GenerateConfig(
             prompt=prompt,
@@ -132,7 +141,7 @@ def generate(
         )
         cfg.check()
         ensure_writable_dir(out)
-        loaded = load_pipeline(model, device=device, dtype=dtype)
+        loaded = _load_pipeline(model, device=device, dtype=dtype)
         with _progress() as progress:
             task = progress.add_task(f"generate ({model})", total=n)
             sidecar = run_generate(loaded, cfg, out, on_batch=lambda k: progress.advance(task, k))
@@ -267,7 +276,6 @@ def world_gates(
         import json
 
         from fairdiff.generate import ensure_writable_dir, run_pipeline
-        from fairdiff.models.loading import load_pipeline
         from fairdiff.world.classifier import load_classifier, predict_probs
         from fairdiff.world.config import load_world_config
         from fairdiff.world.gates import GateConfig, run_gates
@@ -276,7 +284,7 @@ def world_gates(
             raise FairdiffError(f"--scale must be > 0 and --steps >= 1, got {scale} and {steps}")
         world = load_world_config(config)
         ensure_writable_dir(out.parent)
-        loaded = load_pipeline(model, device=device)
+        loaded = _load_pipeline(model, device=device)
         if loaded.kind != "tiny":
             raise FairdiffError(f"model {model!r} is a {loaded.kind} pipeline; gates need a portrait-world model")
         classifier = load_classifier()
@@ -322,23 +330,21 @@ def _print_gates(report) -> None:
     amp = Table(
         "occupation",
         "attribute",
-        "injected (top value)",
-        "guidance 1",
-        f"guidance {cfg['guidance']}",
+        "top value: injected / g1 / guided",
+        "normalized bias: injected / g1 / guided",
         "amplification",
-        title="how guidance amplifies each skew",
+        title=f"how guidance {cfg['guidance']} amplifies each skew (normalized bias, 0 = parity)",
     )
     for occ, attrs in report.fidelity.items():
         for a, values in attrs.items():
             top = max(values, key=lambda v: values[v]["injected"])
-            row = values[top]
+            row, bias = values[top], report.guidance_amplification[occ][a]
             amp.add_row(
                 occ,
                 f"{a}={top}",
-                f"{row['injected']:.2f}",
-                f"{row['g1']:.2f}",
-                f"{row['guided']:.2f}",
-                f"{report.guidance_amplification[occ][a]:.2f}x",
+                f"{row['injected']:.2f} / {row['g1']:.2f} / {row['guided']:.2f}",
+                f"{bias['injected']:.2f} / {bias['g1']:.2f} / {bias['guided']:.2f}",
+                "-" if bias["ratio"] is None else f"{bias['ratio']:.2f}x",
             )
     console.print(amp)
 

@@ -53,6 +53,9 @@ def test_a_model_that_draws_the_world_passes_every_gate(world, classify):
     assert report.fidelity_max_error < 0.08
     assert report.fidelity["doctor"]["gender"]["man"]["injected"] == 0.75
     assert report.validity == 1.0
+    doctor_gender = report.guidance_amplification["doctor"]["gender"]
+    assert doctor_gender["injected"] == pytest.approx(0.5) and doctor_gender["ratio"] is not None
+    assert report.guidance_amplification["nurse"]["skin"]["ratio"] is None  # uniform in the world: no ratio
 
 
 def test_a_model_that_ignores_attribute_words_fails_controllability(world, classify):

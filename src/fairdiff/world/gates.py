@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from fairdiff.metrics import normalized_bias
 from fairdiff.models.tiny import DEFAULT_GUIDANCE_SCALE
 from fairdiff.world.captions import describe, fill_template
 from fairdiff.world.config import WorldConfig
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 TEMPLATE = "a photo of the face of a {subject}"
 CONFIDENCE = 0.9
+MIN_SKEW = 0.1  # injected normalized bias below which no amplification ratio is reported
 
 
 @dataclass
@@ -53,7 +55,7 @@ class GateReport:
     controllability: dict[str, float]  # attribute -> share drawn as asked
     fidelity: dict[str, dict]  # occupation -> attribute -> {value: {"injected", "g1", "guided"}}
     fidelity_max_error: float
-    guidance_amplification: dict[str, dict[str, float]]  # occupation -> attribute -> ratio
+    guidance_amplification: dict[str, dict[str, dict]]  # occupation -> attribute -> normalized bias + ratio
     validity: float
     paraphrase: dict[str, dict]  # paraphrase -> {"occupation", "max_error", "shares"}
     paraphrase_max_error: float
@@ -143,7 +145,7 @@ def run_gates(
 
     # fidelity: neutral prompts at guidance 1 (no CFG) against the injected shares, and at default guidance
     fidelity: dict[str, dict] = {}
-    amplification: dict[str, dict[str, float]] = {}
+    amplification: dict[str, dict[str, dict]] = {}
     max_err = 0.0
     for occ in cfg.fidelity_occupations:
         text = fill_template(TEMPLATE, describe(occupation=occ))
@@ -155,11 +157,13 @@ def run_gates(
             s1, sg = _shares(g1, a), _shares(guided, a)
             fidelity[occ][a] = {v: {"injected": truth[a][v], "g1": s1[v], "guided": sg[v]} for v in ATTRIBUTES[a]}
             max_err = max(max_err, *(abs(s1[v] - truth[a][v]) for v in ATTRIBUTES[a]))
-            # how far guidance pushes the majority value away from uniform, relative to no guidance
-            top = max(truth[a], key=truth[a].get)
-            uniform = 1.0 / len(ATTRIBUTES[a])
-            dev1, devg = s1[top] - uniform, sg[top] - uniform
-            amplification[occ][a] = float(devg / dev1) if abs(dev1) > 1e-9 else float("nan")
+            # how guidance changes the skew: normalized bias (0 = parity) at guidance 1 and at the default;
+            # the ratio only where the world injected a skew (a ratio of two near-zero biases is noise)
+            bias = {
+                k: normalized_bias(list(d.values())) for k, d in (("injected", truth[a]), ("g1", s1), ("guided", sg))
+            }
+            ratio = bias["guided"] / bias["g1"] if bias["injected"] >= MIN_SKEW and bias["g1"] > 0 else None
+            amplification[occ][a] = {**bias, "ratio": ratio}
 
     # paraphrases at guidance 1
     paraphrase: dict[str, dict] = {}
