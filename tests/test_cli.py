@@ -41,6 +41,7 @@ def test_help_and_version():
         (["generate", "-p", "a doctor", "--steps", "0"], "--steps must be >= 1, got 0"),
         (["generate", "-p", "a doctor", "--dtype", "float8"], "unknown --dtype 'float8'"),
         (["world", "render", "--n", "0"], "--n must be >= 1"),
+        (["generate", "-p", "a doctor", "--height", "64"], "the tiny model draws 32x32 images only"),
     ],
 )
 def test_bad_input_is_one_red_line(args, message, tmp_path):

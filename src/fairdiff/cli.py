@@ -125,7 +125,7 @@ def generate(
 ) -> None:
     """Generate images for one prompt: PNGs, a grid and a JSON sidecar (seeds, versions, weight hashes)."""
     with expected_errors():
-        from fairdiff.generate import GenerateConfig, ensure_writable_dir
+        from fairdiff.generate import GenerateConfig, check_image_size, ensure_writable_dir
         from fairdiff.generate import generate as run_generate
 
         cfg = GenerateConfig(
@@ -142,6 +142,7 @@ def generate(
         cfg.check()
         ensure_writable_dir(out)
         loaded = _load_pipeline(model, device=device, dtype=dtype)
+        check_image_size(loaded, cfg)
         with _progress() as progress:
             task = progress.add_task(f"generate ({model})", total=n)
             sidecar = run_generate(loaded, cfg, out, on_batch=lambda k: progress.advance(task, k))

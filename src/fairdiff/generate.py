@@ -64,6 +64,13 @@ def ensure_writable_dir(out: Path) -> None:
         raise FairdiffError(f"--out {out}: not writable ({exc.strerror or exc})") from None
 
 
+def check_image_size(loaded: LoadedModel, cfg: GenerateConfig) -> None:
+    """The tiny model draws 32x32 only; say so instead of ignoring --height/--width."""
+    size = {k: v for k, v in (("height", cfg.height), ("width", cfg.width)) if v is not None}
+    if loaded.kind == "tiny" and any(v != 32 for v in size.values()):
+        raise FairdiffError(f"the tiny model draws 32x32 images only, got --height/--width {size}")
+
+
 def run_pipeline(
     loaded: LoadedModel,
     prompts: list[str],
@@ -104,6 +111,7 @@ def generate(
 ) -> dict:
     """Generate `cfg.n` images into `out`; returns the sidecar dict (also written to `out/generate.json`)."""
     cfg.check()
+    check_image_size(loaded, cfg)
     ensure_writable_dir(out)
     positive, negative = split_negative_terms(cfg.prompt, cfg.negative)
     seeds = [cfg.seed + i for i in range(cfg.n)]

@@ -26,10 +26,17 @@ def minilm_dir() -> Path:
 def load_minilm(dtype: torch.dtype = torch.float32):
     """(tokenizer, BertModel) for all-MiniLM-L6-v2, in eval mode with gradients off."""
     from transformers import AutoTokenizer, BertModel
+    from transformers.utils import logging as transformers_logging
 
     path = minilm_dir()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = BertModel.from_pretrained(path, dtype=dtype, add_pooling_layer=False)
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # a local load of 90 MB needs no bar
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = BertModel.from_pretrained(path, dtype=dtype, add_pooling_layer=False)
+    finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
     model.eval().requires_grad_(False)
     return tokenizer, model
 
