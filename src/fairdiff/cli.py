@@ -73,16 +73,6 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def _load_pipeline(model: str, device: str = "cpu", dtype: str = "float32"):
-    """load_pipeline without diffusers' own loading bars (the CLI shows its own progress)."""
-    from diffusers.utils import logging as diffusers_logging
-
-    from fairdiff.models.loading import load_pipeline
-
-    diffusers_logging.disable_progress_bar()
-    return load_pipeline(model, device=device, dtype=dtype)
-
-
 def _progress():
     from rich.progress import (
         BarColumn,
@@ -127,6 +117,7 @@ def generate(
     with expected_errors():
         from fairdiff.generate import GenerateConfig, check_image_size, ensure_writable_dir
         from fairdiff.generate import generate as run_generate
+        from fairdiff.models.loading import load_pipeline
 
         cfg = GenerateConfig(
             prompt=prompt,
@@ -141,7 +132,7 @@ def generate(
         )
         cfg.check()
         ensure_writable_dir(out)
-        loaded = _load_pipeline(model, device=device, dtype=dtype)
+        loaded = load_pipeline(model, device=device, dtype=dtype)
         check_image_size(loaded, cfg)
         with _progress() as progress:
             task = progress.add_task(f"generate ({model})", total=n)
@@ -277,6 +268,7 @@ def world_gates(
         import json
 
         from fairdiff.generate import ensure_writable_dir, run_pipeline
+        from fairdiff.models.loading import load_pipeline
         from fairdiff.world.classifier import load_classifier, predict_probs
         from fairdiff.world.config import load_world_config
         from fairdiff.world.gates import GateConfig, run_gates
@@ -285,7 +277,7 @@ def world_gates(
             raise FairdiffError(f"--scale must be > 0 and --steps >= 1, got {scale} and {steps}")
         world = load_world_config(config)
         ensure_writable_dir(out.parent)
-        loaded = _load_pipeline(model, device=device)
+        loaded = load_pipeline(model, device=device)
         if loaded.kind != "tiny":
             raise FairdiffError(f"model {model!r} is a {loaded.kind} pipeline; gates need a portrait-world model")
         classifier = load_classifier()

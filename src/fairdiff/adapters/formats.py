@@ -46,10 +46,6 @@ class LoRAAdapter:
     source: str = ""
     config: dict = field(default_factory=dict)
 
-    @property
-    def ranks(self) -> list[int]:
-        return sorted({layer.rank for layer in self.layers.values()})
-
 
 def _pattern_value(patterns: dict, module: str, default):
     """PEFT's rank_pattern / alpha_pattern lookup: a key matches a module name that ends with it."""

@@ -1,6 +1,6 @@
 """`LoRASlots`: a Linear or Conv2d with K LoRA slots, y = base(x) + sum_k c_k s_k B_k A_k x.
 
-- slots: A [K, r, in], B [K, out, r], scale s [K] (alpha / r of the adapter in the slot), rank [K]; an adapter
+- slots: A [K, r, in], B [K, out, r], scale s [K] (alpha / r of the adapter in the slot); an adapter
   of rank r_k < r fills the first r_k rows of A and columns of B and leaves zeros, so adapters of different
   ranks share a layer exactly
 - combination: `weights` [K] (c_k); the layer adds the exact sum of scaled deltas, negative weights included,
@@ -47,7 +47,6 @@ class LoRASlots(nn.Module):
         self.lora_A = nn.Parameter(torch.zeros(num_slots, rank, in_features, **kw))  # (K, r, in)
         self.lora_B = nn.Parameter(torch.zeros(num_slots, out_features, rank, **kw))  # (K, out, r)
         self.register_buffer("scale", torch.zeros(num_slots))  # (K,) alpha / r per slot
-        self.register_buffer("rank_of", torch.zeros(num_slots, dtype=torch.long))  # (K,) rank in each slot
         self.register_buffer("weights", torch.zeros(num_slots))  # (K,) active combination c_k
         self.sample_weights: torch.Tensor | None = None  # (B, K) per-sample combination, overrides `weights`
         self._original: torch.Tensor | None = None  # the base weight tensor while merged
@@ -85,14 +84,12 @@ class LoRASlots(nn.Module):
             self.lora_A[slot, :r].copy_(A)
             self.lora_B[slot, :, :r].copy_(B)
             self.scale[slot] = float(scale)
-            self.rank_of[slot] = r
 
     def clear_slot(self, slot: int) -> None:
         with torch.no_grad():
             self.lora_A[slot].zero_()
             self.lora_B[slot].zero_()
             self.scale[slot] = 0.0
-            self.rank_of[slot] = 0
             self.weights[slot] = 0.0
 
     def delta_weight(self, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -105,6 +105,7 @@ def _kind(class_name: str) -> str:
 def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
     """Load `model` ("tiny", a directory with model_index.json, or a hub id) onto `device` in `dtype`."""
     from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
     from fairdiff.models.tiny import TinyPortraitPipeline, bundled_model_dir
 
@@ -126,6 +127,8 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32") -> Lo
         cls, class_name, source = DiffusionPipeline, None, model
     else:
         raise FairdiffError(f"unknown model {model!r}: not 'tiny', a pipeline directory, or a hub id (owner/name)")
+    bars = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()  # callers show their own progress
     try:
         with warnings.catch_warnings():  # newer diffusers renamed torch_dtype to dtype; older ones know only this
             warnings.filterwarnings("ignore", message=".*torch_dtype.*")
@@ -133,6 +136,9 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32") -> Lo
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FairdiffError(f"model {model!r} could not be loaded: {first}") from None
+    finally:
+        if bars:
+            diffusers_logging.enable_progress_bar()
     pipe = pipe.to(torch_device)
     class_name = class_name or type(pipe).__name__
     if hasattr(pipe, "set_progress_bar_config"):
