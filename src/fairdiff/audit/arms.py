@@ -1,0 +1,194 @@
+"""Arms: the variants of a model an audit compares over the same prompts and seeds.
+
+An arm changes what is generated for a suite prompt: its text and negative prompt (`condition`), the guidance
+scale, or the model (adapters in a slot, an edited weight). Arms that share a `batch_key` are drawn together in
+one batch: base, negative-prompt and adapter arms all share the model, and adapter arms differ only in their
+per-sample slot weights, so an audit of eight adapters runs as one batch per step.
+
+New arm kinds register with `@register_arm("kind")` and implement the few methods below; the runner never
+changes for them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from fairdiff.errors import FairdiffError
+from fairdiff.models.prompts import split_negative_terms
+
+ARM_KINDS: dict[str, type[Arm]] = {}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def register_arm(kind: str) -> Callable[[type[Arm]], type[Arm]]:
+    def wrap(cls: type[Arm]) -> type[Arm]:
+        cls.kind = kind
+        ARM_KINDS[kind] = cls
+        return cls
+
+    return wrap
+
+
+@dataclass
+class Arm:
+    """The base arm: the model as it is. `guidance` None = the run's guidance."""
+
+    name: str = "base"
+    guidance: float | None = None
+    kind: ClassVar[str] = "base"
+
+    def check(self) -> None:
+        if not _NAME.match(self.name):
+            raise FairdiffError(f"arm name {self.name!r}: use letters, digits and _ . + - only")
+        if self.guidance is not None and not self.guidance >= 0:
+            raise FairdiffError(f"arm {self.name}: guidance must be >= 0, got {self.guidance}")
+
+    def spec(self) -> dict[str, Any]:
+        """Everything needed to rebuild the arm (stored in the run config)."""
+        return {"kind": self.kind, "name": self.name, "guidance": self.guidance}
+
+    def condition(self, prompt: str, negative: str) -> tuple[str, str]:
+        """The text and negative prompt this arm draws for a suite prompt (`-term` syntax applied)."""
+        return split_negative_terms(prompt, negative)
+
+    def batch_key(self, run_guidance: float | None) -> tuple:
+        """Arms with equal keys may share a batch."""
+        g = self.guidance if self.guidance is not None else run_guidance
+        return ("model", g)
+
+    def setup(self, runtime: ArmRuntime) -> None:
+        """Once per run, before any batch (e.g. put adapters into slots)."""
+
+    def slot_weights(self, runtime: ArmRuntime) -> list[float] | None:
+        """Per-sample adapter slot weights for this arm (None: the model as loaded)."""
+        return None
+
+
+register_arm("base")(Arm)
+
+
+@register_arm("negative")
+@dataclass
+class NegativeArm(Arm):
+    """Adds terms to every negative prompt ("revealing clothes"), like `a woman -revealing` does per prompt."""
+
+    name: str = "negative"
+    negative: str = ""
+
+    def check(self) -> None:
+        super().check()
+        if not self.negative.strip():
+            raise FairdiffError(f"arm {self.name}: the negative prompt is empty")
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "negative": self.negative}
+
+    def condition(self, prompt: str, negative: str) -> tuple[str, str]:
+        prompt, negative = super().condition(prompt, negative)
+        return prompt, ", ".join(t for t in (negative, self.negative) if t)
+
+
+@register_arm("adapter")
+@dataclass
+class AdapterArm(Arm):
+    """The model plus one or more LoRA adapters (`FILE[:WEIGHT]` each), drawn with per-sample slot weights."""
+
+    name: str = "adapter"
+    adapters: list[str] = field(default_factory=list)  # "FILE[:WEIGHT]"
+    allow_pickle: bool = False
+
+    def check(self) -> None:
+        super().check()
+        if not self.adapters:
+            raise FairdiffError(f"arm {self.name}: no adapter files")
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "adapters": list(self.adapters), "allow_pickle": self.allow_pickle}
+
+    def setup(self, runtime: ArmRuntime) -> None:
+        from fairdiff.adapters.engine import parse_adapter_spec
+
+        for text in self.adapters:
+            runtime.request_adapter(parse_adapter_spec(text).path, self.allow_pickle)
+
+    def slot_weights(self, runtime: ArmRuntime) -> list[float] | None:
+        from fairdiff.adapters.engine import parse_adapter_spec
+
+        row = [0.0] * runtime.num_slots
+        for text in self.adapters:
+            spec = parse_adapter_spec(text)
+            row[runtime.slot_of(spec.path)] += spec.weight
+        return row
+
+
+class ArmRuntime:
+    """Shared state of the arms in one run: every adapter any arm needs, each in its own slot of one model."""
+
+    def __init__(self, loaded) -> None:
+        self.loaded = loaded
+        self._paths: list[str] = []
+        self._allow_pickle: dict[str, bool] = {}
+        self.handle = None
+        self.adapter_hashes: dict[str, str] = {}
+
+    def request_adapter(self, path, allow_pickle: bool) -> None:
+        key = str(path)
+        if key not in self._allow_pickle:
+            self._paths.append(key)
+        self._allow_pickle[key] = self._allow_pickle.get(key, False) or allow_pickle
+
+    @property
+    def num_slots(self) -> int:
+        return len(self._paths)
+
+    def slot_of(self, path) -> int:
+        return self._paths.index(str(path))
+
+    def attach(self) -> None:
+        """Load every requested adapter and attach them all (one slot each) once."""
+        if not self._paths:
+            return
+        from fairdiff.adapters.engine import attach_adapters
+        from fairdiff.adapters.formats import load_adapter
+        from fairdiff.models.loading import file_sha256
+
+        adapters = [load_adapter(p, allow_pickle=self._allow_pickle[p]) for p in self._paths]
+        self.handle = attach_adapters(self.loaded.pipeline, adapters)
+        self.adapter_hashes = {p: file_sha256(p) for p in self._paths}
+
+    def activate(self, arms: Sequence[Arm]) -> None:
+        """Per-sample slot weights for a batch whose sample i is drawn by arms[i]."""
+        if self.handle is None:
+            return
+        import torch
+
+        rows = [arm.slot_weights(self) or [0.0] * self.num_slots for arm in arms]
+        self.handle.set_per_sample(torch.tensor(rows, dtype=torch.float32))
+
+
+def arm_from_spec(spec: dict[str, Any]) -> Arm:
+    """Rebuild an arm from its `spec()` (or a user's dict with at least `kind`)."""
+    spec = dict(spec)
+    kind = spec.pop("kind", "base")
+    if kind not in ARM_KINDS:
+        raise FairdiffError(f"unknown arm kind {kind!r}; choose one of: {', '.join(sorted(ARM_KINDS))}")
+    try:
+        arm = ARM_KINDS[kind](**spec)
+    except TypeError as exc:
+        raise FairdiffError(f"arm {spec.get('name', kind)}: {exc}") from None
+    arm.check()
+    return arm
+
+
+def check_arms(arms: Sequence[Arm]) -> None:
+    if not arms:
+        raise FairdiffError("an audit needs at least one arm")
+    names = [a.name for a in arms]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise FairdiffError(f"arm names must be unique, {dup[0]!r} appears twice")
+    for arm in arms:
+        arm.check()

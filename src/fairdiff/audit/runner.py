@@ -1,0 +1,268 @@
+"""`fairdiff audit`: plan the jobs, draw them in batches, detect attributes, store one row per image.
+
+The plan is a deterministic list of jobs, suite x prompt x arm x seed, each with a stable, readable key
+(`suite/prompt/arm/seed`). Image i of every prompt and arm uses seed `seed + i`, so arms are compared on the
+same noise. Under `torchrun`/`accelerate launch` (RANK, WORLD_SIZE set) rank r takes every WORLD_SIZE-th batch
+and writes its own store; readers union the shards (`fairdiff audit merge` folds them into one file).
+`resume=True` skips every job already in the store, so a killed run loses and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fairdiff.audit.arms import Arm, ArmRuntime, arm_from_spec, check_arms
+from fairdiff.audit.store import SCHEMA_VERSION, ImageRow, Store, store_path
+from fairdiff.audit.suites import Suite, load_suite
+from fairdiff.errors import FairdiffError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "audit.json"
+
+
+@dataclass
+class AuditConfig:
+    model: str = "tiny"
+    suites: list[str] = field(default_factory=lambda: ["world-occupations"])
+    arms: list[dict] = field(default_factory=lambda: [{"kind": "base", "name": "base"}])
+    detector: str = "world"
+    detector_options: dict = field(default_factory=dict)
+    images_per_prompt: int | None = None  # None: each suite's own number
+    max_prompts: int | None = None  # first N prompts of each suite (quick looks)
+    seed: int = 0
+    steps: int = 25
+    guidance: float | None = None  # None: the pipeline's default (tiny 3.0, SD 7.5)
+    batch_size: int = 32
+    device: str = "cpu"
+    dtype: str = "float32"
+    world: str | None = None  # world config YAML for world suites' truth (None: the default world)
+
+    def check(self) -> None:
+        for name, v in (("--steps", self.steps), ("--batch-size", self.batch_size)):
+            if v < 1:
+                raise FairdiffError(f"{name} must be >= 1, got {v}")
+        if self.images_per_prompt is not None and self.images_per_prompt < 1:
+            raise FairdiffError(f"-n/--images-per-prompt must be >= 1, got {self.images_per_prompt}")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise FairdiffError(f"--max-prompts must be >= 1, got {self.max_prompts}")
+        if self.guidance is not None and not (np.isfinite(self.guidance) and self.guidance >= 0):
+            raise FairdiffError(f"--guidance must be a finite number >= 0, got {self.guidance}")
+        if not self.suites:
+            raise FairdiffError("an audit needs at least one suite")
+
+    def fingerprint(self) -> str:
+        """What must not change between a run and its resume (everything that changes the images or labels)."""
+        keep = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    suite: str
+    prompt_id: str
+    arm: str
+    seed: int
+    prompt: str  # after the arm's conditioning
+    negative: str
+
+
+def build_plan(suites: list[Suite], arms: list[Arm], cfg: AuditConfig) -> list[Job]:
+    jobs = []
+    for suite in suites:
+        n = cfg.images_per_prompt or suite.images_per_prompt
+        for p in suite.prompts[: cfg.max_prompts]:
+            for arm in arms:
+                text, negative = arm.condition(p.text, "")
+                for i in range(n):
+                    seed = cfg.seed + i
+                    key = f"{suite.name}/{p.id}/{arm.name}/{seed}"
+                    jobs.append(Job(key, suite.name, p.id, arm.name, seed, text, negative))
+    return jobs
+
+
+def shard_batches(jobs: list[Job], arms: dict[str, Arm], cfg: AuditConfig, rank: int, world_size: int):
+    """Batches of jobs that may share a forward (same batch key), in plan order; rank r takes every
+    world_size-th batch, so shards are balanced and deterministic."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(arms[job.arm].batch_key(cfg.guidance), []).append(job)
+    batches = []
+    for key, group in groups.items():
+        for i in range(0, len(group), cfg.batch_size):
+            batches.append((key, group[i : i + cfg.batch_size]))
+    return batches[rank::world_size]
+
+
+def dist_rank() -> tuple[int, int]:
+    """(rank, world size) from torchrun / accelerate launch environment variables; (0, 1) otherwise."""
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise FairdiffError("RANK/WORLD_SIZE must be integers") from None
+
+
+def _png_bytes(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    _write_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def prepare_run_dir(out: Path, cfg: AuditConfig, resume: bool) -> dict | None:
+    """Check `out` is new (or, with resume, was written by this config and store schema)."""
+    from fairdiff.generate import ensure_writable_dir
+
+    config_file = out / CONFIG_NAME
+    if config_file.exists():
+        if not resume:
+            raise FairdiffError(f"--out {out} holds an audit already; pass --resume to continue it or a new --out")
+        try:
+            old = json.loads(config_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise FairdiffError(f"{config_file}: unreadable ({exc})") from None
+        if old.get("store_schema") != SCHEMA_VERSION:
+            raise FairdiffError(
+                f"{out} was written by fairdiff {old.get('versions', {}).get('fairdiff', '?')} with store schema "
+                f"{old.get('store_schema')}; this one writes {SCHEMA_VERSION}: audit into a new --out"
+            )
+        if old.get("fingerprint") != cfg.fingerprint():
+            raise FairdiffError(f"{out} was audited with a different config; --resume needs the same options")
+        return old
+    ensure_writable_dir(out)
+    return None
+
+
+def run_audit(
+    cfg: AuditConfig,
+    out: Path,
+    resume: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+    loaded=None,
+    detector=None,
+) -> dict:
+    """Run (or resume) an audit into `out`; returns the run record (also written to `out/audit.json`)."""
+    from fairdiff.detect import build_detector
+    from fairdiff.generate import effective_guidance, run_pipeline
+    from fairdiff.models.loading import load_pipeline
+    from fairdiff.provenance import library_versions, machine
+    from fairdiff.world.config import load_world_config
+
+    cfg.check()
+    arms = [arm_from_spec(s) for s in cfg.arms]
+    check_arms(arms)
+    world = load_world_config(cfg.world) if cfg.world else None
+    suites = [load_suite(s, world) for s in cfg.suites]
+    names = [s.name for s in suites]
+    if len(set(names)) != len(names):
+        raise FairdiffError(f"suites must be distinct, got {names}")
+    rank, world_size = dist_rank()
+    old = prepare_run_dir(out, cfg, resume)
+
+    loaded = loaded or load_pipeline(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    detector = detector or build_detector(cfg.detector, **cfg.detector_options)
+    runtime = ArmRuntime(loaded)
+    for arm in arms:
+        arm.setup(runtime)
+    runtime.attach()
+
+    jobs = build_plan(suites, arms, cfg)
+    record = {
+        "fairdiff_run": "audit",
+        "store_schema": SCHEMA_VERSION,
+        "fingerprint": cfg.fingerprint(),
+        "config": asdict(cfg),
+        "suites": [s.spec() for s in suites],
+        "truth": {s.name: {p.id: p.truth for p in s.prompts if p.truth} for s in suites},
+        "arms": [a.spec() for a in arms],
+        "plan": {"jobs": len(jobs), "seeds": sorted({j.seed for j in jobs}), "world_size": world_size},
+        "model": {"name": loaded.name, "kind": loaded.kind, "source": loaded.source},
+        "guidance": effective_guidance(loaded, cfg.guidance),
+        "scheduler": {"class": type(loaded.pipeline.scheduler).__name__},
+        "detector": detector.describe(),
+        "versions": library_versions(),
+        "machine": machine(),
+        "weight_hashes": loaded.weight_hashes(),
+        "adapter_hashes": runtime.adapter_hashes,
+    }
+    if old is None and rank == 0:
+        _write_json_atomic(out / CONFIG_NAME, record)
+
+    arm_by_name = {a.name: a for a in arms}
+    batches = shard_batches(jobs, arm_by_name, cfg, rank, world_size)
+    with Store(store_path(out, rank, world_size)) as store:
+        done = store.done_keys()
+        todo = [(k, [j for j in b if j.key not in done]) for k, b in batches]
+        todo = [(k, b) for k, b in todo if b]
+        total = sum(len(b) for _, b in batches)
+        finished = total - sum(len(b) for _, b in todo)
+        if on_progress:
+            on_progress(finished, total)
+        for _, batch in todo:
+            t0 = time.perf_counter()
+            batch_arms = [arm_by_name[j.arm] for j in batch]
+            runtime.activate(batch_arms)
+            guidance = batch_arms[0].guidance if batch_arms[0].guidance is not None else cfg.guidance
+            pixels = run_pipeline(
+                loaded,
+                [j.prompt for j in batch],
+                [j.negative for j in batch],
+                [j.seed for j in batch],
+                cfg.steps,
+                guidance,
+            )
+            probs = detector(pixels)
+            per_image = (time.perf_counter() - t0) / len(batch)
+            rows = []
+            for i, (job, img) in enumerate(zip(batch, pixels, strict=True)):
+                rel = Path("images") / job.suite / job.prompt_id / job.arm / f"{job.seed:06d}.png"
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                data = _png_bytes(img)
+                _write_atomic(out / rel, data)
+                rows.append(
+                    ImageRow(
+                        job_key=job.key,
+                        suite=job.suite,
+                        prompt_id=job.prompt_id,
+                        arm=job.arm,
+                        seed=job.seed,
+                        prompt=job.prompt,
+                        negative=job.negative,
+                        image=rel.as_posix(),
+                        sha256=hashlib.sha256(data).hexdigest(),
+                        probs={a: [round(float(x), 6) for x in p[i]] for a, p in probs.items()},
+                        rank=rank,
+                        seconds=per_image,
+                    )
+                )
+            store.add(rows)
+            finished += len(batch)
+            if on_progress:
+                on_progress(finished, total)
+    if runtime.handle is not None:
+        runtime.handle.set_per_sample(None)
+    return record

@@ -1,0 +1,164 @@
+"""Metrics of an audit run: per suite and arm, with bootstrap CIs, checked against the world's truth.
+
+- `kind: shares` suites -> a MetricFrame over the measured attributes (per prompt, suite means over prompts)
+- `kind: outcome` suites -> an OutcomeFrame: the outcome's rate per marked group and the parity between groups
+- world suites also get a truth table: every estimate beside the share the world config injected, and
+  whether its CI covers it
+- quality per arm: validity (every detector head >= 0.9 confident), the detector's measured accuracy
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fairdiff.audit.results import RunResults
+from fairdiff.metrics import MetricFrame, OutcomeFrame
+from fairdiff.metrics.frame import records
+
+
+@dataclass
+class SuiteSummary:
+    name: str
+    kind: str
+    frame: MetricFrame | OutcomeFrame
+    truth: pd.DataFrame | None = None  # estimate vs injected truth (world suites)
+    by_prompt_outcome: pd.DataFrame | None = None  # outcome suites: rate per prompt (and its truth)
+    spec: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    results: RunResults
+    suites: dict[str, SuiteSummary]
+    quality: pd.DataFrame  # per arm: images, validity, seconds per image
+
+    def to_dict(self) -> dict:
+        out = {"quality": records(self.quality), "suites": {}}
+        for name, s in self.suites.items():
+            d = {"kind": s.kind, **s.frame.to_dict()}
+            if s.truth is not None:
+                d["truth"] = records(s.truth)
+            if s.by_prompt_outcome is not None:
+                d["by_prompt_outcome"] = records(s.by_prompt_outcome)
+            out["suites"][name] = d
+        return out
+
+
+def summarize(results: RunResults, n_boot: int = 1000, seed: int = 0) -> RunSummary:
+    rows = results.rows
+    truth_all = results.record.get("truth", {})
+    suites: dict[str, SuiteSummary] = {}
+    for name, spec in results.suites.items():
+        data = rows[rows["suite"] == name]
+        if data.empty:
+            continue
+        truth = truth_all.get(name, {})
+        if spec["kind"] == "shares":
+            suites[name] = _shares_summary(name, spec, data, results.classes, truth, n_boot, seed)
+        else:
+            suites[name] = _outcome_summary(name, spec, data, results.classes, truth, n_boot, seed)
+    quality = (
+        rows.groupby("arm", sort=False)
+        .agg(images=("image", "size"), validity=("valid", "mean"))
+        .reset_index()
+        .assign(arm=lambda d: pd.Categorical(d["arm"], results.arms, ordered=True))
+        .sort_values("arm")
+        .assign(arm=lambda d: d["arm"].astype(str))
+    )
+    return RunSummary(results, suites, quality.reset_index(drop=True))
+
+
+def _shares_summary(name, spec, data, classes, truth, n_boot, seed) -> SuiteSummary:
+    measure = [a for a in spec["measure"] if a in classes]
+    frame = MetricFrame(
+        data=data,
+        classes={a: classes[a] for a in measure},
+        target=spec.get("target") or None,
+        intersections=[tuple(t) for t in spec.get("intersections", [])],
+        group_by="prompt",
+        n_boot=n_boot,
+        seed=seed,
+    )
+    table = None
+    if truth:
+        shares = frame.shares
+        want = [
+            truth.get(p, {}).get(a, {}).get(c, np.nan) for p, a, c in shares[["prompt", "attribute", "class"]].values
+        ]
+        table = shares.assign(truth=want).dropna(subset=["truth"]).reset_index(drop=True)
+        table["error"] = table["share"] - table["truth"]
+        table["covered"] = (table["ci_low"] <= table["truth"]) & (table["truth"] <= table["ci_high"])
+    return SuiteSummary(name, "shares", frame, table, spec=spec)
+
+
+def _outcome_summary(name, spec, data, classes, truth, n_boot, seed) -> SuiteSummary:
+    groups = spec["groups"]
+    outcome = spec["outcome"]
+    # the groups are the ones the prompt marks ("a medium-skinned woman"), not the detector's labels
+    data = data.drop(columns=[g for g in groups if g in data.columns]).rename(columns={f"field_{g}": g for g in groups})
+    group_specs: list = list(groups) + ([tuple(groups)] if len(groups) > 1 else [])
+    group_classes = {g: [v for v in classes.get(g, [])] or None for g in groups}
+    frame = OutcomeFrame(
+        data=data,
+        outcome=outcome,
+        groups=group_specs,
+        classes={g: c for g, c in group_classes.items() if c and set(data[g]) <= set(c)} or None,
+        n_boot=n_boot,
+        seed=seed,
+    )
+    # per prompt: the outcome rate, the prompt's context and (world) its truth
+    per = data.groupby(["arm", "prompt"], sort=False)[outcome].agg(["size", "mean"]).reset_index()
+    per = per.rename(columns={"size": "n", "mean": "rate"})
+    contexts = {p["id"]: p.get("context", "") for p in spec["prompts"]}
+    per["context"] = per["prompt"].map(contexts)
+    if truth:
+        per["truth"] = per["prompt"].map(lambda p: truth.get(p, {}).get("attire", {}).get("revealing", np.nan))
+    table = None
+    if truth:
+        # pooled truth per group = the mean of its prompts' truths (every prompt has the same number of images)
+        present = set(data["prompt"])
+        prompt_groups = {p["id"]: p["fields"] for p in spec["prompts"] if p["id"] in present}
+        by_group = frame.by_group.copy()
+        want = []
+        for attribute, group in by_group[["attribute", "group"]].values:
+            parts = attribute.split("×")
+            values = group.split("×") if len(parts) > 1 else [group]
+            ids = [
+                pid
+                for pid, f in prompt_groups.items()
+                if all(f.get(a) == v for a, v in zip(parts, values, strict=True))
+            ]
+            t = [truth[i]["attire"]["revealing"] for i in ids if i in truth]
+            want.append(float(np.mean(t)) if t else np.nan)
+        table = by_group.assign(truth=want)
+        table["error"] = table["rate"] - table["truth"]
+        table["covered"] = (table["ci_low"] <= table["truth"]) & (table["truth"] <= table["ci_high"])
+    return SuiteSummary(name, "outcome", frame, table, per, spec=spec)
+
+
+def export(summary: RunSummary, out_dir: Path) -> list[Path]:
+    """rows.csv / rows.parquet (one row per image) and metrics.json + metrics CSVs into `out_dir`."""
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = summary.results.rows
+    written = [out_dir / "rows.csv", out_dir / "rows.parquet", out_dir / "metrics.json"]
+    rows.to_csv(written[0], index=False)
+    rows.to_parquet(written[1], index=False)
+    written[2].write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
+    for name, s in summary.suites.items():
+        frame = s.frame
+        tables = (
+            {"overall": frame.overall, "by_prompt": frame.by_prompt, "shares": frame.shares}
+            if s.kind == "shares"
+            else {"by_group": frame.by_group, "ratio": frame.ratio(), "difference": frame.difference()}
+        )
+        for what, df in tables.items():
+            path = out_dir / f"metrics-{name}-{what}.csv"
+            df.to_csv(path, index=False)
+            written.append(path)
+    return written

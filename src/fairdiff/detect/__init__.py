@@ -1,0 +1,9 @@
+"""Detectors: perceived attributes per image, as class probabilities (DESIGN.md, Data flow).
+
+Every detector maps uint8 images (N, H, W, 3) to {attribute: probabilities (N, K)} over its own classes, and
+says how accurate it is where that was measured, so every number built on it can carry that accuracy.
+"""
+
+from fairdiff.detect.base import DETECTORS, Detector, build_detector, register_detector
+
+__all__ = ["DETECTORS", "Detector", "build_detector", "register_detector"]
