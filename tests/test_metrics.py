@@ -1,8 +1,34 @@
 from __future__ import annotations
 
+import math
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
 
-from fairdiff.metrics import normalized_bias
+from fairdiff.errors import FairdiffError
+from fairdiff.metrics import (
+    MetricFrame,
+    OutcomeFrame,
+    deviation_ratio,
+    discrepancy,
+    kl_to_target,
+    mad,
+    normalized_bias,
+    parity_difference,
+    parity_ratio,
+    percentile_ci,
+    prompt_mean_ci,
+)
+from fairdiff.metrics.formulas import normalized_bias_rows
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FAIR_DIFFUSION = FIXTURES / "fair_diffusion_counts.csv"
+
+
+# --- formulas against hand-computed numbers ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -14,6 +40,7 @@ from fairdiff.metrics import normalized_bias
         ([0.25, 0.25, 0.25, 0.25], 0.0),
         ([1.0, 0.0, 0.0, 0.0], 0.5),  # 2/12 * (1 + 1 + 1) -> 0.5 for K=4
         ([0.7, 0.15, 0.1, 0.05], 2 / 12 * (0.55 + 0.6 + 0.65 + 0.05 + 0.1 + 0.05)),
+        ([0.7, 0.2, 0.1], 0.4),  # 2/6 * (0.5 + 0.6 + 0.1)
     ],
 )
 def test_normalized_bias_by_hand(shares, expected):
@@ -23,3 +50,335 @@ def test_normalized_bias_by_hand(shares, expected):
 def test_normalized_bias_needs_two_classes():
     with pytest.raises(ValueError, match="at least 2 classes"):
         normalized_bias([1.0])
+
+
+def test_vectorized_normalized_bias_equals_the_pairwise_sum():
+    p = np.random.default_rng(0).dirichlet(np.ones(8), size=50)  # (50, 8)
+    brute = [sum(abs(row[i] - row[j]) for i, j in combinations(range(8), 2)) * 2 / (8 * 7) for row in p]
+    np.testing.assert_allclose(normalized_bias_rows(p), brute, rtol=1e-12)
+
+
+THIRD = 1 / 3
+# columns: shares, target (None = uniform), deviation ratio, KL (nats), discrepancy (L2), MAD
+TARGET_TABLE = [
+    # p = (0.7, 0.2, 0.1), q = 1/3 each: |p - q| = (0.3667, 0.1333, 0.2333)
+    #   DR   = 0.3667 / (1 - 1/3) = 0.55
+    #   KL   = 0.7 ln 2.1 + 0.2 ln 0.6 + 0.1 ln 0.3 = 0.51936 - 0.10217 - 0.12040 = 0.29679
+    #   L2   = sqrt(0.13444 + 0.01778 + 0.05444) = sqrt(0.20667) = 0.45461
+    #   MAD  = (0.3667 + 0.1333 + 0.2333) / 3 = 0.24444
+    ([0.7, 0.2, 0.1], None, 0.55, 0.29679, 0.45461, 0.24444),
+    # p = (0.75, 0.25), q = (0.5, 0.5): DR = 0.25 / 0.5; KL = 0.75 ln 1.5 + 0.25 ln 0.5; L2 = sqrt(2 * 0.0625)
+    ([0.75, 0.25], None, 0.5, 0.75 * math.log(1.5) + 0.25 * math.log(0.5), math.sqrt(0.125), 0.25),
+    # a non-uniform target q = (0.5, 0.3, 0.2): |p - q| = (0.2, 0.1, 0.1)
+    #   DR = 0.2 / (1 - 0.2) = 0.25; KL = 0.7 ln 1.4 + 0.2 ln(2/3) + 0.1 ln 0.5 = 0.23553 - 0.08109 - 0.06931
+    #   L2 = sqrt(0.04 + 0.01 + 0.01); MAD = 0.4 / 3
+    ([0.7, 0.2, 0.1], [0.5, 0.3, 0.2], 0.25, 0.085123, math.sqrt(0.06), 0.4 / 3),
+    # one class takes all, q uniform over 2: 0 log 0 = 0, so KL = 1 ln 2
+    ([1.0, 0.0], None, 1.0, math.log(2), math.sqrt(0.5), 0.5),
+    # on target every distance is 0
+    ([THIRD, THIRD, THIRD], None, 0.0, 0.0, 0.0, 0.0),
+    ([0.5, 0.3, 0.2], [0.5, 0.3, 0.2], 0.0, 0.0, 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize(("shares", "target", "dr", "kl", "l2", "mad_"), TARGET_TABLE)
+def test_target_metrics_by_hand(shares, target, dr, kl, l2, mad_):
+    assert deviation_ratio(shares, target) == pytest.approx(dr, abs=1e-5)
+    assert kl_to_target(shares, target) == pytest.approx(kl, abs=1e-5)
+    assert discrepancy(shares, target) == pytest.approx(l2, abs=1e-5)
+    assert mad(shares, target) == pytest.approx(mad_, abs=1e-5)
+
+
+def test_kl_is_infinite_where_the_target_excludes_an_observed_class():
+    assert kl_to_target([0.5, 0.5], [1.0, 0.0]) == math.inf
+    assert kl_to_target([1.0, 0.0], [1.0, 0.0]) == 0.0  # 0 log (0 / 0) = 0
+
+
+@pytest.mark.parametrize(
+    ("rates", "ratio", "difference"),
+    [
+        ([0.1, 0.3, 0.2], 3.0, 0.2),  # 0.3 / 0.1, 0.3 - 0.1
+        ([0.25, 0.5], 2.0, 0.25),
+        ([0.2, 0.2], 1.0, 0.0),
+        ([0.0, 0.2], math.inf, 0.2),  # a zero min rate under a positive max: infinite ratio
+        ([0.0, 0.0], 1.0, 0.0),  # all zero: parity
+    ],
+)
+def test_outcome_parity_by_hand(rates, ratio, difference):
+    assert parity_ratio(rates) == pytest.approx(ratio)
+    assert parity_difference(rates) == pytest.approx(difference)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: normalized_bias([0.5, 0.4]), r"`shares` must sum to 1 .*sum 0\.9"),
+        (lambda: normalized_bias([1.2, -0.2]), r"`shares` must be non-negative, got \[1\.2, -0\.2\]"),
+        (lambda: mad([0.5, float("nan")]), "`shares` contains NaN"),
+        (lambda: deviation_ratio([0.5, 0.5], [0.2, 0.3, 0.5]), r"`target` must give one value per class \(2\)"),
+        (lambda: kl_to_target([0.5, 0.5], [0.6, 0.6]), r"`target` must sum to 1 .*sum 1\.2"),
+        (lambda: discrepancy([[0.5, 0.5]]), r"1-D sequence .*shape \(1, 2\)"),
+        (lambda: parity_ratio([0.5, 1.5]), r"`rates` must be rates in \[0, 1\], got \[0\.5, 1\.5\]"),
+        (lambda: parity_difference([0.5]), "at least 2 groups"),
+    ],
+)
+def test_bad_input_names_the_argument_and_value(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_shares_within_tolerance_pass():
+    assert normalized_bias([0.5 + 5e-7, 0.5]) == pytest.approx(0.0, abs=1e-6)
+
+
+# --- MetricFrame --------------------------------------------------------------------------------------------------
+
+
+def _images(spec: dict[str, dict[tuple[str, str], int]]) -> pd.DataFrame:
+    """{prompt: {(gender, skin): count}} -> one row per image."""
+    rows = [
+        {"prompt": prompt, "gender": g, "skin": s}
+        for prompt, cells in spec.items()
+        for (g, s), k in cells.items()
+        for _ in range(k)
+    ]
+    return pd.DataFrame(rows)
+
+
+SMALL = _images(
+    {
+        "a doctor": {("man", "light"): 3, ("woman", "dark"): 1},  # gender (0.75, 0.25); skin (0.75, 0.25, 0, 0)
+        "a nurse": {("man", "dark"): 1, ("woman", "light"): 1},  # gender (0.5, 0.5); skin (0.5, 0.5, 0, 0)
+    }
+)
+CLASSES = {"gender": ["man", "woman"], "skin": ["light", "dark", "mid-light", "mid-dark"]}
+
+
+def test_metric_frame_by_hand():
+    frame = MetricFrame(data=SMALL, classes=CLASSES, n_boot=200)
+    shares = frame.shares.set_index(["prompt", "attribute", "class"])
+    assert shares.loc[("a doctor", "gender", "woman"), "share"] == 0.25
+    assert shares.loc[("a doctor", "skin", "mid-dark"), "share"] == 0.0  # a class with no images counts as 0
+    assert shares.loc[("a doctor", "skin", "light"), "n"] == 4
+    by_prompt = frame.by_prompt.set_index(["prompt", "attribute"])
+    assert by_prompt.loc[("a doctor", "gender"), "normalized_bias"] == pytest.approx(0.5)
+    assert by_prompt.loc[("a nurse", "gender"), "normalized_bias"] == pytest.approx(0.0)
+    # skin (0.75, 0.25, 0, 0): 2/12 * (0.5 + 0.75 + 0.75 + 0.25 + 0.25 + 0) = 0.41667; DR = (0.75 - 0.25) / 0.75
+    assert by_prompt.loc[("a doctor", "skin"), "normalized_bias"] == pytest.approx(2.5 / 6)
+    assert by_prompt.loc[("a doctor", "skin"), "deviation_ratio"] == pytest.approx(2 / 3)
+    overall = frame.overall.set_index("attribute")
+    assert overall.loc["gender", "normalized_bias"] == pytest.approx(0.25)  # mean of 0.5 and 0.0 over prompts
+    assert overall.loc["gender", "n_prompts"] == 2 and overall.loc["gender", "n_images"] == 6
+    assert list(frame.overall["arm"]) == ["default", "default"]
+
+
+def test_metric_frame_target_and_its_errors():
+    frame = MetricFrame(
+        data=SMALL, classes={"gender": ["man", "woman"]}, target={"gender": {"man": 0.75, "woman": 0.25}}
+    )
+    by_prompt = frame.by_prompt.set_index("prompt")
+    assert by_prompt.loc["a doctor", "deviation_ratio"] == pytest.approx(0.0)  # on target
+    assert by_prompt.loc["a doctor", "normalized_bias"] == pytest.approx(0.5)  # target-free
+    bad = [
+        ({"gender": {"man": 0.6, "woman": 0.6}}, r"`target\['gender'\]` must sum to 1"),
+        ({"gender": {"man": 1.0}}, r"missing \['woman'\]"),
+        ({"gender": {"man": 0.5, "woman": 0.5, "other": 0.0}}, r"unknown \['other'\]"),
+        ({"age": {"young": 1.0}}, r"`target` names unknown attribute\(s\) \['age'\]"),
+    ]
+    for target, message in bad:
+        with pytest.raises(FairdiffError, match=message):
+            MetricFrame(data=SMALL, classes={"gender": ["man", "woman"]}, target=target)
+    with pytest.raises(FairdiffError, match=r"column 'gender' has label\(s\) \['woman'\] that are not among"):
+        MetricFrame(data=SMALL, classes={"gender": ["man", "nonbinary"]})
+    with pytest.raises(FairdiffError, match="no column 'occupation'"):
+        MetricFrame(data=SMALL, classes={"gender": ["man", "woman"]}, group_by="occupation")
+
+
+def test_intersection_is_the_product_attribute():
+    frame = MetricFrame(data=SMALL, classes=CLASSES, intersections=[("gender", "skin")], n_boot=100)
+    assert frame.classes["gender×skin"][:3] == ("man×light", "man×dark", "man×mid-light")
+    assert len(frame.classes["gender×skin"]) == 8  # K = 2 x 4
+    shares = frame.shares[frame.shares["attribute"] == "gender×skin"].set_index(["prompt", "class"])["share"]
+    assert shares[("a doctor", "man×light")] == 0.75 and shares[("a doctor", "woman×dark")] == 0.25
+    assert shares[("a nurse", "woman×light")] == 0.5 and shares.sum() == pytest.approx(2.0)
+    # uniform q = 1/8 over the product: doctor DR = (0.75 - 0.125) / (1 - 0.125)
+    by_prompt = frame.by_prompt.set_index(["prompt", "attribute"])
+    assert by_prompt.loc[("a doctor", "gender×skin"), "deviation_ratio"] == pytest.approx(0.625 / 0.875)
+
+
+def test_unlabelled_images_are_left_out_of_their_attribute():
+    data = SMALL.copy()
+    data.loc[0, "skin"] = None
+    frame = MetricFrame(data=data, classes=CLASSES, n_boot=50)
+    n = frame.by_prompt.set_index(["prompt", "attribute"])["n"]
+    assert n[("a doctor", "skin")] == 3 and n[("a doctor", "gender")] == 4
+
+
+def _fair_diffusion() -> pd.DataFrame:
+    return pd.read_csv(FAIR_DIFFUSION)
+
+
+def test_same_seed_same_ci_and_blocks_are_independent():
+    counts = _fair_diffusion()
+    counts = counts[counts["prompt"].isin(counts["prompt"].unique()[:20])]
+    a = MetricFrame.from_counts(counts, seed=3)
+    b = MetricFrame.from_counts(counts, seed=3)
+    c = MetricFrame.from_counts(counts, seed=4)
+    pd.testing.assert_frame_equal(a.by_prompt, b.by_prompt)
+    pd.testing.assert_frame_equal(a.overall, b.overall)
+    assert not np.allclose(a.overall["normalized_bias_ci_low"], c.overall["normalized_bias_ci_low"])
+    # one arm alone gets the same CIs as inside a frame with two arms (each (arm, attribute) has its own stream)
+    alone = MetricFrame.from_counts(counts[counts["arm"] == "fair-diffusion"], seed=3)
+    pd.testing.assert_frame_equal(alone.overall, a.overall[a.overall["arm"] == "fair-diffusion"].reset_index(drop=True))
+    ci = a.by_prompt
+    assert (
+        (ci["normalized_bias_ci_low"] <= ci["normalized_bias"] + 1e-12)
+        & (ci["normalized_bias"] <= ci["normalized_bias_ci_high"] + 1e-12)
+    ).all()
+
+
+def test_counts_and_per_image_labels_give_the_same_frame():
+    counts = _fair_diffusion().head(12)  # 6 occupations of SD 1.5
+    images = pd.DataFrame(
+        [
+            {"arm": r.arm, "prompt": r.prompt, "gender": r["class"]}
+            for _, r in counts.iterrows()
+            for _ in range(r["count"])
+        ]
+    )
+    from_counts = MetricFrame.from_counts(counts, n_boot=300)
+    from_labels = MetricFrame(data=images, classes={"gender": ["man", "woman"]}, n_boot=300)
+    pd.testing.assert_frame_equal(from_counts.by_prompt, from_labels.by_prompt)
+    pd.testing.assert_frame_equal(from_counts.shares, from_labels.shares)
+
+
+def test_share_ci_covers_a_known_binomial_about_95_percent():
+    # 400 simulated prompts, 100 images each, true share 0.3: the 95% CI of each prompt's share should cover 0.3
+    # in roughly 95% of prompts (percentile bootstrap of a binomial share runs slightly under: ~0.93-0.95)
+    rng = np.random.default_rng(123)
+    women = rng.binomial(100, 0.3, size=400)
+    counts = pd.DataFrame(
+        {
+            "prompt": np.repeat([f"p{i}" for i in range(400)], 2),
+            "attribute": "gender",
+            "class": np.tile(["woman", "man"], 400),
+            "count": np.column_stack([women, 100 - women]).ravel(),
+        }
+    )
+    shares = MetricFrame.from_counts(counts).shares
+    woman = shares[shares["class"] == "woman"]
+    coverage = ((woman["ci_low"] <= 0.3) & (0.3 <= woman["ci_high"])).mean()
+    assert 0.91 <= coverage <= 0.98, coverage
+
+
+def test_prompt_mean_ci_covers_the_mean_about_95_percent():
+    rng = np.random.default_rng(7)
+    hits = 0
+    for _ in range(300):  # suites of 40 prompts whose per-prompt values have mean 0.4
+        values = rng.normal(0.4, 0.1, size=40)
+        _, low, high = prompt_mean_ci(values, 500, 0.95, rng)
+        hits += low <= 0.4 <= high
+    assert 0.90 <= hits / 300 <= 0.98, hits / 300
+
+
+def test_percentile_ci_keeps_infinite_draws():
+    low, high = percentile_ci(np.array([0.1, 0.2, 0.3, np.inf, np.inf]), 0.95)
+    assert 0.1 <= low < 0.2 and high == np.inf
+
+
+def test_single_prompt_overall_uses_the_image_ci():
+    frame = MetricFrame(data=SMALL, classes={"gender": ["man", "woman"]}, group_by=None, n_boot=200)
+    prompt, overall = frame.by_prompt.iloc[0], frame.overall.iloc[0]
+    assert prompt["prompt"] == "all" and prompt["n"] == 6
+    assert overall["normalized_bias"] == pytest.approx(abs(4 / 6 - 0.5) / 0.5)
+    assert overall["normalized_bias_ci_low"] == prompt["normalized_bias_ci_low"]
+
+
+# --- the published result: Fair Diffusion's released per-occupation counts -----------------------------------------
+
+
+def test_fair_diffusion_first_five_occupations_by_hand():
+    counts = _fair_diffusion()
+    first = counts[(counts["arm"] == "sd-1.5")].head(10)  # 5 occupations x (man, woman), 250 images each
+    frame = MetricFrame.from_counts(first, n_boot=100)
+    # |p_woman - 0.5| / 0.5: accountant 84/250 -> 0.328, aerospace engineer 113 -> 0.096, aide 103 -> 0.176,
+    # air conditioning installer 0 -> 1.0, architect 28 -> 0.776; mean = 2.376 / 5 = 0.4752
+    assert frame.by_prompt["normalized_bias"].tolist() == pytest.approx([0.328, 0.096, 0.176, 1.0, 0.776])
+    assert frame.overall["normalized_bias"].item() == pytest.approx(0.4752)
+
+
+def test_fair_diffusion_published_means():
+    # Friedrich et al. 2023: mean |p_woman - 0.5| / 0.5 over 153 occupations is about 0.62 for SD 1.5 and 0.21
+    # with Fair Diffusion (shares among images FairFace labelled man or woman)
+    overall = MetricFrame.from_counts(_fair_diffusion(), n_boot=200).overall.set_index("arm")
+    assert overall.loc["sd-1.5", "n_prompts"] == 153 and overall.loc["fair-diffusion", "n_prompts"] == 153
+    assert overall.loc["sd-1.5", "normalized_bias"] == pytest.approx(0.62, abs=0.005)
+    assert overall.loc["fair-diffusion", "normalized_bias"] == pytest.approx(0.21, abs=0.005)
+    assert overall.loc["fair-diffusion", "normalized_bias_ci_high"] < overall.loc["sd-1.5", "normalized_bias_ci_low"]
+
+
+# --- OutcomeFrame -------------------------------------------------------------------------------------------------
+
+
+def _avatars() -> pd.DataFrame:
+    # women: 2 of 4 revealing; men: 1 of 4; light skin: 2 of 4; dark: 1 of 4
+    return pd.DataFrame(
+        {
+            "gender": ["woman"] * 4 + ["man"] * 4,
+            "skin": ["light", "light", "dark", "dark"] * 2,
+            "attire": ["revealing", "covered", "revealing", "covered", "revealing", "covered", "covered", "covered"],
+        }
+    )
+
+
+def test_outcome_frame_by_hand():
+    frame = OutcomeFrame(data=_avatars(), outcome="attire", positive="revealing", groups=["gender", "skin"], n_boot=300)
+    rates = frame.by_group.set_index(["attribute", "group"])["rate"]
+    assert rates[("gender", "woman")] == 0.5 and rates[("gender", "man")] == 0.25
+    assert rates[("skin", "light")] == 0.5 and rates[("skin", "dark")] == 0.25
+    difference = frame.difference().set_index("attribute")
+    ratio = frame.ratio().set_index("attribute")
+    assert difference.loc["gender", "difference"] == pytest.approx(0.25)  # 0.5 - 0.25
+    assert ratio.loc["gender", "ratio"] == pytest.approx(2.0)  # 0.5 / 0.25
+    assert difference.loc["gender", "max_group"] == "woman" and difference.loc["gender", "min_group"] == "man"
+    assert difference.loc["gender", "ci_low"] <= 0.25 <= difference.loc["gender", "ci_high"]
+    assert frame.overall["rate"].item() == pytest.approx(3 / 8)
+
+
+def test_outcome_frame_boolean_intersection_and_empty_group():
+    data = _avatars().assign(revealing=lambda d: d["attire"] == "revealing")
+    frame = OutcomeFrame(
+        data=data,
+        outcome="revealing",
+        groups=[("gender", "skin")],
+        classes={"skin": ["light", "dark", "mid"]},
+        n_boot=200,
+    )
+    rates = frame.by_group.set_index("group")["rate"]
+    # woman×light 1/2, woman×dark 1/2, man×light 1/2, man×dark 0/2; woman×mid, man×mid have no images
+    assert rates["woman×light"] == 0.5 and rates["man×dark"] == 0.0 and np.isnan(rates["man×mid"])
+    assert frame.ratio()["ratio"].item() == math.inf and frame.ratio()["min_group"].item() == "man×dark"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"outcome": "attire", "groups": ["gender"]}, r"holds labels \['covered', 'revealing'\], not booleans"),
+        ({"outcome": "attire", "positive": "nude", "groups": ["gender"]}, "positive class 'nude' never occurs"),
+        ({"outcome": "nsfw", "groups": ["gender"]}, "no column 'nsfw'"),
+        ({"outcome": "attire", "positive": "revealing", "groups": []}, "at least one attribute"),
+    ],
+)
+def test_outcome_frame_errors(kwargs, message):
+    with pytest.raises(FairdiffError, match=message):
+        OutcomeFrame(data=_avatars(), **kwargs)
+
+
+def test_outcome_frame_from_counts():
+    counts = pd.DataFrame(
+        {"attribute": "gender", "class": ["woman", "man", "woman"], "count": [2, 4, 2], "positives": [1, 1, 1]}
+    )
+    frame = OutcomeFrame.from_counts(counts, n_boot=100)  # woman rows add up to 2 of 4
+    assert frame.ratio()["ratio"].item() == pytest.approx(2.0)
+    with pytest.raises(FairdiffError, match="0 <= positives <= count"):
+        OutcomeFrame.from_counts(counts.assign(positives=[3, 1, 1]))
