@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 from itertools import combinations
 from pathlib import Path
@@ -7,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from fairdiff.cli import app
 from fairdiff.errors import FairdiffError
 from fairdiff.metrics import (
     MetricFrame,
@@ -26,6 +29,7 @@ from fairdiff.metrics.formulas import normalized_bias_rows
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FAIR_DIFFUSION = FIXTURES / "fair_diffusion_counts.csv"
+runner = CliRunner()
 
 
 # --- formulas against hand-computed numbers ---------------------------------------------------------------------
@@ -382,3 +386,65 @@ def test_outcome_frame_from_counts():
     assert frame.ratio()["ratio"].item() == pytest.approx(2.0)
     with pytest.raises(FairdiffError, match="0 <= positives <= count"):
         OutcomeFrame.from_counts(counts.assign(positives=[3, 1, 1]))
+
+
+# --- the CLI ------------------------------------------------------------------------------------------------------
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_cli_help_is_light():
+    result = runner.invoke(app, ["metrics", "--help"])
+    assert result.exit_code == 0 and "--target" in result.output and "--outcome" in result.output
+
+
+def test_cli_counts_file_with_json(tmp_path):
+    out = tmp_path / "metrics.json"
+    result = runner.invoke(app, ["metrics", str(FAIR_DIFFUSION), "--json", str(out), "--n-boot", "200"])
+    assert result.exit_code == 0, result.output
+    assert "normalized_bias" in result.output and "fair-diffusion" in result.output
+    payload = json.loads(out.read_text())
+    assert payload["shape"] == "counts" and payload["group_by"] == "prompt"
+    overall = {r["arm"]: r for r in payload["metrics"]["overall"]}
+    assert overall["sd-1.5"]["normalized_bias"] == pytest.approx(0.6229, abs=1e-4)
+    assert len(payload["metrics"]["by_prompt"]) == 2 * 153
+
+
+def test_cli_labels_with_target_intersection_and_outcome(tmp_path):
+    path = tmp_path / "labels.csv"
+    _avatars().assign(prompt=["an avatar"] * 4 + ["a portrait"] * 4, seed=range(8)).to_csv(path, index=False)
+    out = tmp_path / "m.json"
+    args = ["metrics", str(path), "--target", "gender=man:0.5,woman:0.5", "--intersection", "gender*skin"]
+    args += ["--outcome", "attire=revealing", "--groups", "gender,gender*skin", "--json", str(out), "--n-boot", "100"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert payload["shape"] == "labels"
+    assert {r["attribute"] for r in payload["metrics"]["overall"]} == {"gender", "skin", "gender×skin"}  # not attire
+    ratio = {r["attribute"]: r["ratio"] for r in payload["outcome"]["ratio"]}
+    assert ratio["gender"] == pytest.approx(2.0) and ratio["gender×skin"] == "inf"  # man×dark: 0 of 2
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "message"),
+    [
+        (None, [], "no such file"),
+        ("prompt,gender\na,man\n", ["--target", "gender=man:0.6,woman:0.5"], "`target['gender']` must sum to 1"),
+        ("prompt,gender\na,man\n", ["--target", "gender=man"], "entries must look like 'class:share'"),
+        ("a,b\n1,2\n", [], "no attribute columns found"),
+        ('prompt,gender\n"a,man\n', [], "is not a readable CSV"),
+        ("prompt,gender\n", [], "has a header but no rows"),
+        ("prompt,gender\na,man\n", ["--groups", "gender"], "--groups needs --outcome"),
+    ],
+)
+def test_cli_bad_input_is_one_red_line(tmp_path, content, args, message):
+    path = tmp_path / "in.csv"
+    if content is not None:
+        path.write_text(content)
+    assert message in _error_line(runner.invoke(app, ["metrics", str(path), *args]))

@@ -1,0 +1,147 @@
+"""CSV input for `fairdiff metrics`: per-image labels or per-group counts made by any tool, and option parsing.
+
+Two shapes, told apart by their columns:
+- counts: columns attribute, class, count (+ prompt, + arm); one row per (prompt, attribute, class)
+- labels: one row per image; one column per attribute holding the class label (+ prompt, + arm)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from fairdiff.errors import FairdiffError
+from fairdiff.metrics.frame import MetricFrame
+from fairdiff.metrics.labels import ARM, PRODUCT, infer_classes
+from fairdiff.metrics.outcome import OutcomeFrame
+
+COUNT_COLUMNS = ("attribute", "class", "count")
+# per-image columns that identify an image rather than label it; never taken as attributes
+ID_COLUMNS = frozenset({"image", "path", "file", "filename", "id", "image_id", "seed", "key", "job", "job_key"})
+
+
+@dataclass
+class CsvMetrics:
+    shape: str  # "labels" or "counts"
+    group_by: str | None
+    frame: MetricFrame
+    outcome: OutcomeFrame | None
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV; every read problem becomes a FairdiffError naming the file."""
+    if not path.is_file():
+        raise FairdiffError(f"no such file: {path}")
+    try:
+        df = pd.read_csv(path, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise FairdiffError(f"{path} is not a readable CSV: {str(exc).strip().splitlines()[0]}") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    if df.empty:
+        raise FairdiffError(f"{path} has a header but no rows.")
+    return df
+
+
+def parse_target(specs: Sequence[str]) -> dict[str, dict[str, float]]:
+    """["gender=man:0.5,woman:0.5", ...] -> {"gender": {"man": 0.5, "woman": 0.5}} (sums are checked later)."""
+    target: dict[str, dict[str, float]] = {}
+    for spec in specs:
+        attribute, sep, body = spec.partition("=")
+        attribute = attribute.strip()
+        if not sep or not attribute or not body.strip():
+            raise FairdiffError(f"--target must look like 'gender=man:0.5,woman:0.5', got {spec!r}.")
+        mix = {}
+        for item in body.split(","):
+            name, sep, value = item.rpartition(":")
+            try:
+                share = float(value)
+            except ValueError:
+                share = None
+            if not sep or not name.strip() or share is None:
+                raise FairdiffError(f"--target {attribute}: entries must look like 'class:share', got {item!r}.")
+            mix[name.strip()] = share
+        target[attribute] = mix
+    return target
+
+
+def parse_attributes(spec: str) -> tuple[str, ...]:
+    """'gender*skin', 'gender×skin' or 'gender,skin' -> ("gender", "skin")."""
+    parts = tuple(p.strip() for p in spec.replace(PRODUCT, "*").replace(",", "*").split("*") if p.strip())
+    if not parts:
+        raise FairdiffError(f"expected attribute names such as 'gender*skin', got {spec!r}.")
+    return parts
+
+
+def parse_outcome(spec: str) -> tuple[str, str | None]:
+    """'attire=revealing' -> ("attire", "revealing"); 'nsfw' -> ("nsfw", None) for a boolean column."""
+    column, sep, positive = spec.partition("=")
+    if not column.strip() or (sep and not positive.strip()):
+        raise FairdiffError(f"--outcome must look like COLUMN or COLUMN=POSITIVE, got {spec!r}.")
+    return column.strip(), positive.strip() if sep else None
+
+
+def label_columns(df: pd.DataFrame, exclude: Sequence[str]) -> list[str]:
+    """Attribute columns of a per-image table: text columns that are not the group, arm, outcome or an id."""
+    skip = {*exclude, ARM, *ID_COLUMNS}
+    return [c for c in df.columns if c not in skip and not pd.api.types.is_numeric_dtype(df[c])]
+
+
+def assess_csv(
+    path: Path,
+    *,
+    target: Sequence[str] = (),
+    group_by: str | None = None,
+    attributes: Sequence[str] | None = None,
+    intersections: Sequence[str] = (),
+    outcome: str | None = None,
+    groups: Sequence[str] = (),
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> CsvMetrics:
+    """Read `path`, detect its shape and build the frames. `group_by` None: "prompt" if present, else one group."""
+    df = read_table(path)
+    mix = parse_target(target)
+    if group_by is None:
+        group_by = "prompt" if "prompt" in df.columns else None
+    elif group_by not in df.columns:
+        raise FairdiffError(f"--group-by {group_by!r}: {path} has no such column; columns are {list(df.columns)}.")
+    boot = {"n_boot": n_boot, "confidence": confidence, "seed": seed}
+    out_column, positive = parse_outcome(outcome) if outcome else (None, None)
+    if groups and not outcome:
+        raise FairdiffError("--groups needs --outcome (the rate compared between groups).")
+
+    if all(c in df.columns for c in COUNT_COLUMNS):
+        if intersections:
+            raise FairdiffError("intersections need per-image labels; give counts for the product attribute instead.")
+        if attributes:
+            df = df[df["attribute"].astype(str).isin(attributes)]
+        frame = MetricFrame.from_counts(df, target=mix, group_by=group_by, **boot)
+        outcome_frame = None
+        if out_column:
+            if positive is not None:
+                raise FairdiffError(f"in a counts file --outcome names a column of positive counts, got {outcome!r}.")
+            rows = df[df["attribute"].astype(str).isin(groups)] if groups else df
+            outcome_frame = OutcomeFrame.from_counts(rows, positives=out_column, **boot)
+        return CsvMetrics("counts", group_by, frame, outcome_frame)
+
+    exclude = [c for c in (group_by, out_column) if c]
+    names = list(attributes) if attributes else label_columns(df, exclude)
+    if not names:
+        raise FairdiffError(
+            f"{path}: no attribute columns found (columns {list(df.columns)}). Give per-image labels, one text "
+            f"column per attribute, or counts with columns {', '.join(COUNT_COLUMNS)}."
+        )
+    classes = infer_classes(df, names, mix)
+    products = [parse_attributes(s) for s in intersections]
+    frame = MetricFrame(data=df, classes=classes, target=mix, intersections=products, group_by=group_by, **boot)
+    outcome_frame = None
+    if out_column:
+        specs = [p[0] if len(p) == 1 else p for p in map(parse_attributes, groups)] if groups else names
+        outcome_frame = OutcomeFrame(
+            data=df, outcome=out_column, positive=positive, groups=specs, classes=classes, **boot
+        )
+    return CsvMetrics("labels", group_by, frame, outcome_frame)
