@@ -134,12 +134,13 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
 
 
 def prepare_run_dir(out: Path, cfg: AuditConfig, resume: bool) -> dict | None:
-    """Check `out` is new (or, with resume, was written by this config and store schema)."""
+    """Check `out` is new (or, with resume, was written by this config and store schema). Ranks of a sharded
+    run share `out`: whichever starts second finds the config of the first, which is fine if it matches."""
     from fairdiff.generate import ensure_writable_dir
 
     config_file = out / CONFIG_NAME
     if config_file.exists():
-        if not resume:
+        if not resume and dist_rank()[1] == 1:
             raise FairdiffError(f"--out {out} holds an audit already; pass --resume to continue it or a new --out")
         try:
             old = json.loads(config_file.read_text())

@@ -135,6 +135,7 @@ def _outcome_summary(name, spec, data, classes, truth, n_boot, seed) -> SuiteSum
             t = [truth[i]["attire"]["revealing"] for i in ids if i in truth]
             want.append(float(np.mean(t)) if t else np.nan)
         table = by_group.assign(truth=want)
+        table = table[table["n"] > 0].reset_index(drop=True)  # groups with no images have no estimate
         table["error"] = table["rate"] - table["truth"]
         table["covered"] = (table["ci_low"] <= table["truth"]) & (table["truth"] <= table["ci_high"])
     return SuiteSummary(name, "outcome", frame, table, per, spec=spec)

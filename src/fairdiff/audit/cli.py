@@ -1,0 +1,286 @@
+"""The audit commands of the `fairdiff` CLI: `audit`, `audit-merge`, `report`, `demo`.
+
+Registered on the main typer app by `fairdiff.cli` (imported at its end); heavy imports stay in the bodies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from fairdiff.cli import app, console, err_console, expected_errors
+from fairdiff.errors import FairdiffError
+
+DEMO_NEGATIVE = "revealing clothes"
+
+
+def _audit_progress():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text("-- img/s" if task.speed is None else f"{task.speed:.1f} img/s")
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        Rate(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err_console,
+    )
+
+
+def _arms(
+    negative: list[str], adapter: list[str], arms_file: Path | None, no_base: bool, allow_pickle: bool
+) -> list[dict]:
+    """Arm specs from the options: base, one negative arm per --negative, one adapter arm per --adapter."""
+    import yaml
+
+    arms: list[dict] = [] if no_base else [{"kind": "base", "name": "base"}]
+    for i, text in enumerate(negative):
+        arms.append(
+            {"kind": "negative", "name": "negative" if len(negative) == 1 else f"negative{i + 1}", "negative": text}
+        )
+    for text in adapter:
+        from fairdiff.adapters.engine import parse_adapter_spec
+
+        spec = parse_adapter_spec(text)
+        arms.append({"kind": "adapter", "name": spec.path.stem, "adapters": [text], "allow_pickle": allow_pickle})
+    if arms_file is not None:
+        try:
+            extra = yaml.safe_load(arms_file.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise FairdiffError(f"--arms {arms_file}: unreadable ({exc})") from None
+        if not isinstance(extra, list) or not all(isinstance(a, dict) for a in extra):
+            raise FairdiffError(f"--arms {arms_file}: expected a list of arm mappings (kind, name, ...)")
+        arms += extra
+    return arms
+
+
+def run_and_summarize(cfg, out: Path, resume: bool, title: str):
+    """Run the audit with a progress bar, then print the headline and write metrics + exports."""
+    from fairdiff.audit.results import load_run
+    from fairdiff.audit.runner import dist_rank, run_audit
+    from fairdiff.audit.summary import export, summarize
+
+    with _audit_progress() as progress:
+        task = progress.add_task(title, total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            if progress.tasks[task].total is None:
+                progress.update(task, total=total, completed=done)
+                progress.reset(task, total=total, completed=done)  # speed counts this run's images only
+            else:
+                progress.update(task, completed=done)
+
+        run_audit(cfg, out, resume=resume, on_progress=on_progress)
+    rank, world_size = dist_rank()
+    if world_size > 1:
+        console.print(f"rank {rank}/{world_size} done; when all ranks finish: fairdiff audit-merge {out}")
+        return None
+    summary = summarize(load_run(out))
+    export(summary, out)
+    print_headline(summary)
+    return summary
+
+
+def _ci(value: float, low: float, high: float, digits: int = 2) -> str:
+    if value == float("inf"):
+        return "inf (min rate 0)"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def print_headline(summary) -> None:
+    """One table per suite: per arm, the bias of each measured attribute (or the outcome's parity), and
+    how many world-truth values the CIs cover."""
+    acc = summary.results.record["detector"].get("accuracy", {})
+    for name, s in summary.suites.items():
+        if s.kind == "shares":
+            attrs = list(dict.fromkeys(s.frame.overall["attribute"]))
+            table = Table("arm", *[f"{a}\nnorm. bias [95% CI]" for a in attrs], title=f"{name}: mean over prompts")
+            if s.truth is not None:
+                table.add_column("world truth\ncovered by CI")
+            for arm in dict.fromkeys(s.frame.overall["arm"]):
+                o = s.frame.overall[s.frame.overall["arm"] == arm].set_index("attribute")
+                cells = [
+                    _ci(*o.loc[a, ["normalized_bias", "normalized_bias_ci_low", "normalized_bias_ci_high"]])
+                    for a in attrs
+                ]
+                if s.truth is not None:
+                    t = s.truth[s.truth["arm"] == arm]
+                    cells.append(f"{t['covered'].mean():.0%} of {len(t)}; max |err| {t['error'].abs().max():.2f}")
+                table.add_row(arm, *cells)
+        else:
+            spec = s.spec
+            ratio = s.frame.ratio()
+            inter = "×".join(spec["groups"])
+            table = Table(
+                "arm",
+                f"{spec['outcome']} rate\nmax group",
+                "min group",
+                "parity ratio\nmax/min [95% CI]",
+                "difference",
+                title=f"{name}: {spec['outcome']} by {inter} (groups named in the prompt)",
+            )
+            if s.truth is not None:
+                table.add_column("world truth\ncovered by CI")
+            diff = s.frame.difference()
+            for arm in dict.fromkeys(ratio["arm"]):
+                r = ratio[(ratio["arm"] == arm) & (ratio["attribute"] == inter)].iloc[0]
+                d = diff[(diff["arm"] == arm) & (diff["attribute"] == inter)].iloc[0]
+                g = s.frame.by_group[(s.frame.by_group["arm"] == arm) & (s.frame.by_group["attribute"] == inter)]
+                g = g.set_index("group")
+                cells = [
+                    f"{r['max_group']} {g.loc[r['max_group'], 'rate']:.2f}",
+                    f"{r['min_group']} {g.loc[r['min_group'], 'rate']:.2f}",
+                    _ci(r["ratio"], r["ci_low"], r["ci_high"], 1),
+                    _ci(d["difference"], d["ci_low"], d["ci_high"]),
+                ]
+                if s.truth is not None:
+                    t = s.truth[(s.truth["arm"] == arm) & (s.truth["attribute"] == inter)]
+                    cells.append(f"{t['covered'].mean():.0%} of {len(t)}")
+                table.add_row(arm, *cells)
+        console.print(table)
+    q = summary.quality
+    line = ", ".join(f"{a} {v:.3f}" for a, v in zip(q["arm"], q["validity"], strict=True))
+    console.print(f"validity (every head >= 0.9 confident): {line}", highlight=False)
+    if acc:
+        accs = ", ".join(f"{a} {v['accuracy']:.3f}" for a, v in acc.items())
+        console.print(f"detector accuracy ({next(iter(acc.values()))['on']}): {accs}", highlight=False)
+    else:
+        console.print("detector accuracy: not measured", highlight=False)
+
+
+@app.command()
+def audit(
+    model: str = typer.Option("tiny", "--model", "-m", help="'tiny' (bundled), a pipeline directory, or a hub id."),
+    suite: list[str] = typer.Option(
+        ["world-occupations"], "--suite", "-s", help="Built-in suite name or YAML file (repeatable)."
+    ),
+    negative: list[str] = typer.Option(
+        [], "--negative", help="Add a negative-prompt arm with these terms (repeatable)."
+    ),
+    adapter: list[str] = typer.Option([], "--adapter", help="Add an adapter arm FILE[:WEIGHT] (repeatable; batched)."),
+    arms_file: Path = typer.Option(None, "--arms", help="YAML list of arm specs (kind, name, ...)."),
+    no_base: bool = typer.Option(False, "--no-base", help="Leave out the base arm."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled adapter files (unsafe)."),
+    detector: str = typer.Option("world", "--detector", "-d", help="world, clip or nudenet."),
+    n: int = typer.Option(None, "--images-per-prompt", "-n", help="Images per prompt and arm (default: the suite's)."),
+    max_prompts: int = typer.Option(None, "--max-prompts", help="Only the first N prompts of each suite."),
+    seed: int = typer.Option(0, "--seed", help="Image i of every prompt and arm uses seed SEED+i."),
+    steps: int = typer.Option(25, "--steps"),
+    guidance: float = typer.Option(None, "--guidance", help="Guidance scale (default: the model's)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: str = typer.Option("float32", "--dtype"),
+    world: Path = typer.Option(None, "--world", help="World config YAML (truth of world suites)."),
+    out: Path = typer.Option(Path("out/audit"), "--out", "-o", help="Run directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (skips stored images)."),
+) -> None:
+    """Audit a model (and arms: negative prompts, adapters) on suites: who it draws, with CIs, into a run dir.
+
+    Shard with `torchrun --nproc_per_node K $(which fairdiff) audit ...` (each rank a shard), then `audit-merge`."""
+    with expected_errors():
+        from fairdiff.audit.runner import AuditConfig
+
+        cfg = AuditConfig(
+            model=model,
+            suites=list(suite),
+            arms=_arms(negative, adapter, arms_file, no_base, allow_pickle),
+            detector=detector,
+            images_per_prompt=n,
+            max_prompts=max_prompts,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            world=str(world) if world else None,
+        )
+        summary = run_and_summarize(cfg, out, resume, f"audit ({model})")
+        if summary is not None:
+            console.print(f"run dir {out}: metrics.json, rows.csv/parquet; report: fairdiff report {out}")
+
+
+@app.command("audit-merge")
+def audit_merge(run_dir: Path = typer.Argument(..., help="Run directory of a sharded audit.")) -> None:
+    """Fold the rank shards of a sharded audit into one store, then write metrics and exports."""
+    with expected_errors():
+        from fairdiff.audit.results import load_run
+        from fairdiff.audit.store import merge_stores
+        from fairdiff.audit.summary import export, summarize
+
+        rows = merge_stores(run_dir)
+        summary = summarize(load_run(run_dir))
+        export(summary, run_dir)
+        print_headline(summary)
+        console.print(f"merged {rows} images into {run_dir / 'store.sqlite'}")
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="One or more audit run directories."),
+    out: Path = typer.Option(Path("out/report.html"), "--out", "-o", help="HTML file to write."),
+    csv: Path = typer.Option(None, "--csv", help="Also write per-image rows and metrics as CSV + Parquet here."),
+) -> None:
+    """Write one self-contained HTML report (tables, charts, image grids, configs) for audit runs."""
+    with expected_errors():
+        from fairdiff.report import export_tables, write_report
+
+        path = write_report(run_dirs, out)
+        console.print(f"wrote {path}")
+        if csv is not None:
+            for p in export_tables(run_dirs, csv):
+                console.print(f"wrote {p}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Run directory (report.html goes here too)."),
+    n: int = typer.Option(None, "-n", help="Images per prompt and arm (default: a few minutes' worth)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted demo."),
+) -> None:
+    """The main job on the bundled default: audit the tiny model on the world suites, print, write the report.
+
+    Arms: `base` at guidance 1 (the model's learned distribution, to check against the world's truth),
+    `guided` at the model's default guidance 3, and `guided-no-revealing` (guidance 3, negative prompt
+    "revealing clothes")."""
+    with expected_errors():
+        from fairdiff.audit.runner import AuditConfig
+        from fairdiff.models.tiny import DEFAULT_GUIDANCE_SCALE
+        from fairdiff.report import write_report
+
+        cfg = AuditConfig(
+            model="tiny",
+            suites=["world-occupations", "world-avatars"],
+            arms=[
+                {"kind": "base", "name": "base", "guidance": 1.0},
+                {"kind": "base", "name": "guided", "guidance": DEFAULT_GUIDANCE_SCALE},
+                {
+                    "kind": "negative",
+                    "name": "guided-no-revealing",
+                    "guidance": DEFAULT_GUIDANCE_SCALE,
+                    "negative": DEMO_NEGATIVE,
+                },
+            ],
+            images_per_prompt=n,
+            batch_size=64,
+        )
+        run_and_summarize(cfg, out, resume, "demo audit (tiny model)")
+        path = write_report([out], out / "report.html")
+        console.print(f"report: [bold]{path}[/]  (run dir {out}: metrics.json, rows.csv/parquet)")

@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fairdiff.audit.arms import arm_from_spec
+from fairdiff.audit.runner import AuditConfig, build_plan, run_audit
+from fairdiff.audit.store import STORE_NAME, Store, merge_stores, read_rows
+from fairdiff.audit.suites import load_suite
+from fairdiff.errors import FairdiffError
+
+ARMS = [{"kind": "base", "name": "base"}, {"kind": "negative", "name": "no-revealing", "negative": "revealing clothes"}]
+
+
+def _cfg(**kw) -> AuditConfig:
+    base = dict(suites=["world-occupations"], arms=ARMS, images_per_prompt=3, max_prompts=2, steps=2, batch_size=4)
+    return AuditConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from fairdiff.detect import build_detector
+    from fairdiff.models.loading import load_pipeline
+
+    return load_pipeline("tiny"), build_detector("world", measure_accuracy=False)
+
+
+def _run(cfg, out, tiny, **kw):
+    loaded, detector = tiny
+    return run_audit(cfg, out, loaded=loaded, detector=detector, **kw)
+
+
+def _sig(run_dir: Path) -> dict[str, str]:
+    return {r.job_key: r.sha256 for r in read_rows(run_dir)}
+
+
+def test_plan_is_deterministic_with_stable_keys_and_paired_seeds():
+    cfg = _cfg()
+    suites = [load_suite("world-occupations")]
+    arms = [arm_from_spec(a) for a in ARMS]
+    a, b = build_plan(suites, arms, cfg), build_plan(suites, arms, cfg)
+    assert a == b and len(a) == 2 * 2 * 3
+    assert a[0].key == "world-occupations/doctor/base/0"
+    by_arm = {arm.name: [j.seed for j in a if j.arm == arm.name] for arm in arms}
+    assert by_arm["base"] == by_arm["no-revealing"]  # arms are compared on the same noise
+    neg = next(j for j in a if j.arm == "no-revealing")
+    assert neg.negative == "revealing clothes" and neg.prompt == "a photo of the face of a doctor"
+
+
+def test_run_dir_records_everything_and_resume_adds_nothing(tmp_path, tiny):
+    out = tmp_path / "run"
+    record = _run(_cfg(), out, tiny)
+    saved = json.loads((out / "audit.json").read_text())
+    for key in ("config", "suites", "arms", "plan", "versions", "machine", "weight_hashes", "detector", "truth"):
+        assert key in saved, key
+    assert saved["plan"]["seeds"] == [0, 1, 2] and record["fingerprint"] == saved["fingerprint"]
+    first = _sig(out)
+    assert len(first) == 12 and all((out / r.image).is_file() for r in read_rows(out))
+    with pytest.raises(FairdiffError, match="pass --resume"):
+        _run(_cfg(), out, tiny)
+    _run(_cfg(), out, tiny, resume=True)
+    assert _sig(out) == first
+    with pytest.raises(FairdiffError, match="different config"):
+        _run(_cfg(steps=3), out, tiny, resume=True)
+
+
+def test_same_config_same_images_and_numbers(tmp_path, tiny):
+    _run(_cfg(batch_size=12), tmp_path / "a", tiny)
+    _run(_cfg(batch_size=12), tmp_path / "b", tiny)
+    assert _sig(tmp_path / "a") == _sig(tmp_path / "b")
+    pa = {r.job_key: r.probs for r in read_rows(tmp_path / "a")}
+    assert pa == {r.job_key: r.probs for r in read_rows(tmp_path / "b")}
+
+
+def test_incompatible_run_dir_is_refused(tmp_path, tiny):
+    out = tmp_path / "run"
+    _run(_cfg(images_per_prompt=1, max_prompts=1), out, tiny)
+    record = json.loads((out / "audit.json").read_text())
+    record["store_schema"] = 0
+    (out / "audit.json").write_text(json.dumps(record))
+    with pytest.raises(FairdiffError, match="store schema 0"):
+        _run(_cfg(images_per_prompt=1, max_prompts=1), out, tiny, resume=True)
+
+
+def _audit_cmd(out: Path, *extra: str) -> list[str]:
+    code = "import sys; from fairdiff.cli import app; sys.exit(app())"
+    args = ["audit", "-s", "world-occupations", "--negative", "revealing clothes", "-n", "6", "--max-prompts", "2"]
+    return [sys.executable, "-c", code, *args, "--steps", "2", "--batch-size", "2", "--out", str(out), *extra]
+
+
+def _env(**kw) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **kw}
+
+
+@pytest.fixture()
+def one_thread():
+    """Subprocesses run with one thread; float sums (and so PNG bytes) depend on the thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+CLI_CFG = dict(
+    arms=[{"kind": "base", "name": "base"}, {"kind": "negative", "name": "negative", "negative": "revealing clothes"}],
+    images_per_prompt=6,
+    batch_size=2,
+)
+
+
+def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, tiny, one_thread):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_audit_cmd(out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if (out / STORE_NAME).is_file():
+                with Store(out / STORE_NAME) as s:
+                    if s.count() >= 4:
+                        break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the audit subprocess stored nothing in 120 s")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    with Store(out / STORE_NAME) as s:
+        partial = s.count()
+        assert s.db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert 4 <= partial < 24
+    cfg = _cfg(**CLI_CFG)
+    _run(cfg, out, tiny, resume=True)
+    _run(cfg, tmp_path / "clean", tiny)
+    killed, clean = _sig(out), _sig(tmp_path / "clean")
+    assert len(killed) == 24 and killed == clean  # nothing lost, nothing duplicated, same images
+    with Store(out / STORE_NAME) as s:
+        assert s.count() == 24
+
+
+def test_two_ranks_shard_then_merge_equals_one_process(tmp_path, tiny, one_thread):
+    out = tmp_path / "sharded"
+    procs = [
+        subprocess.Popen(
+            _audit_cmd(out), env=_env(RANK=str(r), WORLD_SIZE="2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for r in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-2000:]
+    shards = [Store(out / f"store-rank{r}.sqlite") for r in range(2)]
+    counts = [s.count() for s in shards]
+    keys = [s.done_keys() for s in shards]
+    for s in shards:
+        s.close()
+    assert sum(counts) == 24 and counts[0] > 0 and counts[1] > 0 and not keys[0] & keys[1]
+    assert merge_stores(out) == 24
+    _run(_cfg(**CLI_CFG), tmp_path / "single", tiny)
+    assert _sig(out) == _sig(tmp_path / "single")
+    assert (out / "audit.json").is_file()

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import pytest
+
+from fairdiff.audit.suites import BUILTIN_SUITES, load_suite, parse_suite
+from fairdiff.errors import FairdiffError
+
+
+@pytest.mark.parametrize("name", BUILTIN_SUITES)
+def test_builtin_suites_load(name):
+    suite = load_suite(name)
+    assert suite.prompts and len({p.id for p in suite.prompts}) == len(suite.prompts)
+
+
+def test_occupations_suite_size_and_template():
+    suite = load_suite("occupations")
+    assert len(suite.prompts) >= 50
+    assert "a photo of the face of an accountant" in [p.text for p in suite.prompts]  # article fixed
+
+
+def test_avatars_cover_every_group_in_three_contexts():
+    suite = load_suite("avatars")
+    groups = {(p.fields["gender"], p.fields["ethnicity"]) for p in suite.prompts}
+    assert len(groups) == 2 * 6
+    assert len({p.context for p in suite.prompts}) >= 3
+
+
+def test_world_suite_truth_is_the_world_config(world):
+    suite = load_suite("world-occupations", world)
+    doctor = next(p for p in suite.prompts if p.id == "doctor")
+    assert doctor.text == "a photo of the face of a doctor"
+    assert doctor.truth["gender"] == {"man": 0.75, "woman": 0.25}
+    ceo = next(p for p in suite.prompts if p.id == "ceo")
+    assert ceo.text == "a photo of the face of a CEO"  # world vocabulary
+
+
+def test_world_avatar_truth_follows_the_injected_skew(world):
+    suite = load_suite("world-avatars", world)
+    by_text = {p.text: p.truth["attire"]["revealing"] for p in suite.prompts}
+    assert by_text["an avatar of a medium-skinned woman"] == 0.60
+    assert by_text["an avatar of a dark-skinned woman"] == 0.15
+    assert by_text["a portrait of a medium-skinned woman"] == 0.08  # the skew is avatar-only
+
+
+def test_paraphrase_truth_is_the_paraphrased_occupation(world):
+    suite = load_suite("world-paraphrases", world)
+    physician = next(p for p in suite.prompts if p.fields["occupation"] == "physician")
+    assert physician.fields["of"] == "doctor" and physician.truth["gender"]["man"] == 0.75
+
+
+BASE = {
+    "name": "t",
+    "templates": ["a photo of a {occupation}"],
+    "measure": ["gender"],
+    "values": {"occupation": ["doctor"]},
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"kind": "vibes"}, "kind: must be one of shares, outcome"),
+        ({"templates": ["no field here"]}, "templates[0].text: expected a string with a {field}"),
+        ({"values": {}}, "values: no values for template field 'occupation'"),
+        ({"target": {"gender": {"man": 0.7, "woman": 0.2}}}, "target.gender: shares sum to 0.9, expected 1"),
+        ({"target": {"skin": {"light": 1.0}}}, "target.skin: is not a measured attribute"),
+        ({"measure": []}, "measure: a `kind: shares` suite needs"),
+        ({"images_per_prompt": 0}, "images_per_prompt: must be an integer >= 1"),
+        ({"colour": "blue"}, "colour: unknown key"),
+        ({"kind": "outcome", "outcome": "revealing", "groups": ["skin"]}, "groups: must name template fields"),
+    ],
+)
+def test_malformed_suite_names_the_problem(change, message):
+    with pytest.raises(FairdiffError) as err:
+        parse_suite({**BASE, **change}, "bad.yaml")
+    assert str(err.value).startswith("suite bad.yaml: ") and message in str(err.value)
+
+
+def test_user_suite_file_and_custom_target(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "name: mine\ntemplates: ['a {x}']\nmeasure: [gender]\ntarget: {gender: {man: 0.3, woman: 0.7}}\n"
+        "values: {x: [cook, {value: chef, of: cook}]}\n"
+    )
+    suite = load_suite(path)
+    assert [p.text for p in suite.prompts] == ["a cook", "a chef"]
+    assert suite.target == {"gender": {"man": 0.3, "woman": 0.7}}
+    with pytest.raises(FairdiffError, match="not valid YAML"):
+        (tmp_path / "broken.yaml").write_text("name: [")
+        load_suite(tmp_path / "broken.yaml")
+    with pytest.raises(FairdiffError, match="not a built-in suite"):
+        load_suite(tmp_path / "missing.yaml")
