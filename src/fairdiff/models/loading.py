@@ -66,7 +66,20 @@ class LoadedModel:
         return hashes
 
 
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) in this process (weights are hashed once)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = _sha256(path, chunk)
+    return _HASHES[key]
+
+
+def _sha256(path: Path, chunk: int) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(chunk):
