@@ -132,5 +132,7 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"adapter A \(3, 12\) / B \(10, 3\) does not fit slots of rank <= 2"):
         layer.set_slot(0, torch.randn(3, 12), torch.randn(10, 3), 1.0)
     layer.sample_weights = torch.ones(3, 2)
-    with pytest.raises(ValueError, match=r"`sample_weights` must be \(batch=2, slots=2\)"):
+    with pytest.raises(ValueError, match="has rows for 3 samples; the layer sees a batch of 2"):
         layer(torch.randn(2, 12))
+    with pytest.raises(ValueError, match=r"`sample_weights` must be \(batch, slots=2\), got \(3, 3\)"):
+        layer.sample_weights = torch.ones(3, 3)

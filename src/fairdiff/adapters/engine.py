@@ -1,61 +1,291 @@
-"""Put adapter files into a model: wrap the layers they target with slots, copy each adapter into a slot."""
+"""Put adapters into a pipeline: wrap the layers they target with slots in every component (unet,
+text_encoder, text_encoder_2), copy adapter i into slot i, then choose per run or per sample which to apply.
+
+    handle = attach_adapters(pipe, [load_adapter("a.safetensors"), load_adapter("b")])
+    handle.set_combination([1.0, -0.5])        # every sample: W0 + 1.0 dA - 0.5 dB
+    handle.set_per_sample(torch.eye(2))       # sample 0 with a, sample 1 with b (CFG batches tile the rows)
+    handle.merge(); handle.unmerge()          # base-model speed; W0 back bit for bit
+    handle.detach()                           # the original modules back in place
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import torch
 from torch import nn
 
-from fairdiff.adapters.formats import LoRAAdapter
-from fairdiff.adapters.slots import LoRASlots, inject_slots, slotted_layers
+from fairdiff.adapters.formats import MODEL, PIPELINE_COMPONENTS, LoRAAdapter, LoRALayer, load_adapter
+from fairdiff.adapters.slots import LoRASlots, inject_slots, remove_slots, slotted_layers
 from fairdiff.errors import FairdiffError
 
+logger = logging.getLogger(__name__)
 
-def load_into_slot(model: nn.Module, adapter: LoRAAdapter, slot: int) -> None:
-    """Copy `adapter` into `slot` of the model's slotted layers (hot-swap: no re-wrapping).
-    Every adapter module must exist and be slotted; shapes must fit; the slot is cleared in other layers."""
-    layers = dict(slotted_layers(model))
-    modules = dict(model.named_modules())
-    for name, weights in adapter.layers.items():
-        if name not in layers:
-            what = "is not wrapped with LoRA slots" if name in modules else "does not exist in the model"
-            raise FairdiffError(f"adapter {adapter.source}: target {name!r} {what}")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+@dataclass
+class AdapterSpec:
+    """One `FILE[:WEIGHT]` from the command line."""
+
+    path: Path
+    weight: float = 1.0
+
+
+def parse_adapter_spec(text: str) -> AdapterSpec:
+    """`FILE[:WEIGHT]` -> AdapterSpec. Splits on the last ':' only when what follows parses as a number, so
+    `C:\\loras\\x.safetensors` and other paths with ':' stay whole; `x.safetensors:abc` is an error."""
+    raw = text.strip()
+    if not raw:
+        raise FairdiffError("--adapter is empty; expected FILE[:WEIGHT]")
+    head, sep, tail = raw.rpartition(":")
+    if sep and head:
         try:
-            layers[name].set_slot(slot, weights.A, weights.B, weights.scale)
-        except ValueError as exc:
-            raise FairdiffError(f"adapter {adapter.source}: {name!r}: {exc}") from None
-    for name, layer in layers.items():
-        if name not in adapter.layers:
-            layer.clear_slot(slot)
+            weight = float(tail)
+        except ValueError:
+            weight = None
+        if weight is not None:
+            if not math.isfinite(weight):
+                raise FairdiffError(f"--adapter {text!r}: weight {tail!r} is not a finite number")
+            return AdapterSpec(Path(head).expanduser(), weight)
+        looks_like_weight = not any(c in tail for c in "/\\") and not Path(raw).expanduser().exists()
+        if looks_like_weight and (head.endswith(_WEIGHT_SUFFIXES) or Path(head).expanduser().exists()):
+            raise FairdiffError(f"--adapter {text!r}: weight {tail!r} is not a number; expected FILE[:WEIGHT]")
+    elif sep:
+        raise FairdiffError(f"--adapter {text!r}: no file before ':'; expected FILE[:WEIGHT]")
+    return AdapterSpec(Path(raw).expanduser(), 1.0)
 
 
-def attach(model: nn.Module, adapters: Sequence[LoRAAdapter], num_slots: int | None = None) -> list[str]:
-    """Wrap every layer any adapter targets (rank = the largest rank there), load adapter i into slot i.
-    Returns the wrapped layer names. Slots start inactive: set `weights` (or use `set_combination`)."""
+def adapter_record(spec: AdapterSpec, adapter: LoRAAdapter | None = None) -> dict:
+    """What a run directory records about an adapter: path, sha256 of its weights, weight, format."""
+    from fairdiff.adapters.formats import resolve_adapter_file
+    from fairdiff.models.loading import file_sha256
+
+    target = resolve_adapter_file(spec.path)
+    files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
+    return {
+        "path": str(spec.path),
+        "weight": spec.weight,
+        "format": adapter.format if adapter is not None else None,
+        "sha256": {str(p.relative_to(target) if target.is_dir() else p.name): file_sha256(p) for p in files},
+    }
+
+
+def _components(pipeline) -> dict[str, nn.Module]:
+    """The adaptable models of a pipeline (or {"model": module} for a bare nn.Module)."""
+    if isinstance(pipeline, nn.Module):
+        return {MODEL: pipeline}
+    found = {c: getattr(pipeline, c, None) for c in PIPELINE_COMPONENTS}
+    found = {c: m for c, m in found.items() if isinstance(m, nn.Module)}
+    if not found:
+        raise FairdiffError(f"{type(pipeline).__name__} has none of the components {list(PIPELINE_COMPONENTS)}")
+    return found
+
+
+def _resolve(name: str, modules: dict[str, nn.Module]) -> str | None:
+    """The model's name for an adapter module: as is, or with CLIP's `text_model.` prefix dropped or added
+    (transformers >= 5 flattened CLIPTextModel; older files and CLIPTextModelWithProjection keep it)."""
+    for candidate in (name, name.removeprefix("text_model."), f"text_model.{name}"):
+        if candidate in modules:
+            return candidate
+    return None
+
+
+def _place(adapter: LoRAAdapter, models: dict[str, nn.Module]) -> dict[str, dict[str, LoRALayer]]:
+    """{pipeline component: {model module name: layer}} for `adapter`; errors name missing targets."""
+    modules = {c: dict(m.named_modules()) for c, m in models.items()}
+    placed: dict[str, dict[str, LoRALayer]] = {}
+    for component, layers in adapter.components.items():
+        if component in models:
+            target = component
+        elif component == MODEL or len(models) == 1 and len(adapter.components) == 1:
+            fits = [c for c in models if all(_resolve(n, modules[c]) is not None for n in layers)]
+            target = fits[0] if fits else next(iter(models))  # nothing fits: report against the first
+        else:
+            raise FairdiffError(
+                f"adapter {adapter.source}: targets component {component!r}, the pipeline has {sorted(models)}"
+            )
+        for name, layer in layers.items():
+            resolved = _resolve(name, modules[target])
+            if resolved is None:
+                key = f" (key {layer.key!r})" if layer.key else ""
+                raise FairdiffError(f"adapter {adapter.source}: target {name!r} does not exist in the {target}{key}")
+            module = modules[target][resolved]
+            base = module.base_layer if isinstance(module, LoRASlots) else module
+            if not isinstance(base, nn.Linear | nn.Conv2d):
+                raise FairdiffError(
+                    f"adapter {adapter.source}: target {name!r} is a {type(base).__name__}; "
+                    f"LoRA slots support Linear, Conv2d"
+                )
+            placed.setdefault(target, {})[resolved] = layer
+    return placed
+
+
+@dataclass
+class AdapterHandle:
+    """Adapters attached to a pipeline, one slot each. Every method acts on all components at once."""
+
+    models: dict[str, nn.Module]
+    adapters: list[LoRAAdapter]
+    num_slots: int
+    targets: dict[str, list[str]] = field(default_factory=dict)  # component -> wrapped module names
+
+    def layers(self) -> Iterator[tuple[str, str, LoRASlots]]:
+        """(component, module name, LoRASlots) of every wrapped layer."""
+        for component, model in self.models.items():
+            for name, layer in slotted_layers(model):
+                yield component, name, layer
+
+    @property
+    def merged(self) -> bool:
+        return any(layer.merged for _, _, layer in self.layers())
+
+    def load(self, slot: int, adapter: LoRAAdapter) -> None:
+        """Hot-swap: copy `adapter` into `slot` of the wrapped layers (no re-wrapping); every target must
+        already be wrapped and fit; layers the adapter does not target get the slot cleared."""
+        if not 0 <= slot < self.num_slots:
+            raise FairdiffError(f"slot {slot} out of range (0..{self.num_slots - 1})")
+        placed = _place(adapter, self.models)
+        for component, model in self.models.items():
+            wrapped = dict(slotted_layers(model))
+            wanted = placed.get(component, {})
+            for name, layer in wanted.items():
+                if name not in wrapped:
+                    raise FairdiffError(f"adapter {adapter.source}: target {name!r} is not wrapped with LoRA slots")
+                try:
+                    wrapped[name].set_slot(slot, layer.A, layer.B, layer.scale)
+                except ValueError as exc:
+                    key = f" (key {layer.key!r})" if layer.key else ""
+                    raise FairdiffError(f"adapter {adapter.source}: {name!r}{key}: {exc}") from None
+            for name, slotted in wrapped.items():
+                if name not in wanted:
+                    slotted.clear_slot(slot)
+        while len(self.adapters) <= slot:
+            self.adapters.append(None)  # type: ignore[arg-type]
+        self.adapters[slot] = adapter
+
+    def set_combination(self, weights: Sequence[float]) -> None:
+        """Every sample gets W0 + sum_k weights[k] s_k B_k A_k (clears per-sample rows)."""
+        if len(weights) != self.num_slots:
+            raise FairdiffError(f"{len(weights)} weights for {self.num_slots} adapter slots")
+        if not all(math.isfinite(w) for w in weights):
+            raise FairdiffError(f"adapter weights must be finite, got {list(weights)}")
+        for _, _, layer in self.layers():
+            layer.sample_weights = None
+            layer.weights.copy_(torch.tensor([float(w) for w in weights]))
+
+    def set_per_sample(self, rows: torch.Tensor | None) -> None:
+        """Sample i gets W0 + sum_k rows[i, k] s_k B_k A_k; `rows` is (B, K) (a one-hot row picks one
+        adapter, a zero row the base model); None goes back to `set_combination`'s weights. A layer that
+        sees a multiple of B samples (the UNet under classifier-free guidance: cat([uncond, cond])) applies
+        the rows tiled, so each image's two halves use its adapter."""
+        if rows is not None:
+            rows = torch.as_tensor(rows, dtype=torch.float32).detach().cpu()
+            if rows.dim() != 2 or rows.shape[1] != self.num_slots:
+                raise FairdiffError(f"per-sample rows must be (batch, {self.num_slots}), got {tuple(rows.shape)}")
+            if not torch.isfinite(rows).all():
+                raise FairdiffError("per-sample adapter weights contain NaN or Inf")
+            if self.merged:
+                raise FairdiffError("unmerge before setting per-sample adapters")
+        for _, _, layer in self.layers():
+            layer.sample_weights = rows
+
+    def merge(self) -> None:
+        """Fold the active combination into the base weights (fp32 math): the pipeline runs at base cost."""
+        if any(layer.sample_weights is not None for _, _, layer in self.layers()):
+            raise FairdiffError("per-sample adapters cannot be merged; call set_per_sample(None) first")
+        for _, _, layer in self.layers():
+            if not layer.merged:
+                layer.merge()
+
+    def unmerge(self) -> None:
+        """Put every original base weight back, bit for bit."""
+        for _, _, layer in self.layers():
+            if layer.merged:
+                layer.unmerge()
+
+    def detach(self) -> None:
+        """Unmerge and put the original modules back; the pipeline is as before `attach_adapters`."""
+        for model in self.models.values():
+            remove_slots(model)
+        self.targets = {}
+
+    def fuse(self) -> None:
+        """Merge the active combination for good and remove the slots (to save a merged pipeline)."""
+        self.merge()
+        for model in self.models.values():
+            remove_slots(model, keep_merged=True)
+        self.targets = {}
+
+
+def attach_adapters(pipeline, adapters: Sequence[LoRAAdapter], num_slots: int | None = None) -> AdapterHandle:
+    """Wrap every layer any adapter targets, in every component (unet, text_encoder, text_encoder_2; or the
+    module itself for a bare nn.Module), rank = the largest rank there; load adapter i into slot i. Slots
+    start inactive: call `set_combination` or `set_per_sample`."""
     if not adapters:
         raise FairdiffError("no adapters to attach")
     num_slots = num_slots or len(adapters)
     if num_slots < len(adapters):
         raise FairdiffError(f"{len(adapters)} adapters do not fit in {num_slots} slots")
-    modules = dict(model.named_modules())
-    targets: dict[str, int] = {}
+    models = _components(pipeline)
+    ranks: dict[str, dict[str, int]] = {}
     for adapter in adapters:
-        for name, layer in adapter.layers.items():
-            if name not in modules:
-                raise FairdiffError(f"adapter {adapter.source}: target {name!r} does not exist in the model")
-            targets[name] = max(targets.get(name, 0), layer.rank)
-    for name, rank in targets.items():
-        if not isinstance(modules[name], LoRASlots):
-            inject_slots(model, [re.escape(name)], num_slots=num_slots, rank=rank)
+        for component, layers in _place(adapter, models).items():
+            for name, layer in layers.items():
+                ranks.setdefault(component, {})[name] = max(ranks.get(component, {}).get(name, 0), layer.rank)
+    for component, wanted in ranks.items():
+        modules = dict(models[component].named_modules())
+        for name, rank in wanted.items():
+            existing = modules[name]
+            if isinstance(existing, LoRASlots):
+                if existing.num_slots != num_slots or existing.rank < rank:
+                    raise FairdiffError(
+                        f"{component} {name!r} already has {existing.num_slots} slots of rank {existing.rank}; "
+                        f"detach the previous adapters first"
+                    )
+                continue
+            inject_slots(models[component], [re.escape(name)], num_slots=num_slots, rank=rank)
+    handle = AdapterHandle(
+        models={c: models[c] for c in ranks},
+        adapters=[],
+        num_slots=num_slots,
+        targets={c: sorted(w) for c, w in ranks.items()},
+    )
     for slot, adapter in enumerate(adapters):
-        load_into_slot(model, adapter, slot)
-    return sorted(targets)
+        handle.load(slot, adapter)
+    logger.info("attached %d adapters to %s", len(adapters), {c: len(t) for c, t in handle.targets.items()})
+    return handle
+
+
+def load_adapter_specs(
+    texts: Sequence[str], allow_pickle: bool = False, unet_config=None
+) -> tuple[list[AdapterSpec], list[LoRAAdapter]]:
+    """Parse `FILE[:WEIGHT]` texts and read each adapter."""
+    specs = [parse_adapter_spec(t) for t in texts]
+    return specs, [load_adapter(s.path, allow_pickle=allow_pickle, unet_config=unet_config) for s in specs]
+
+
+# -- one model (kept for single-model callers and tests) -------------------------------------------------
+
+
+def attach(model: nn.Module, adapters: Sequence[LoRAAdapter], num_slots: int | None = None) -> list[str]:
+    """`attach_adapters` for one model; returns the wrapped layer names."""
+    handle = attach_adapters(model, adapters, num_slots)
+    return [name for names in handle.targets.values() for name in names]
+
+
+def load_into_slot(model: nn.Module, adapter: LoRAAdapter, slot: int) -> None:
+    """Hot-swap `adapter` into `slot` of one model's slotted layers."""
+    num_slots = next((layer.num_slots for _, layer in slotted_layers(model)), 0)
+    AdapterHandle(models={MODEL: model}, adapters=[], num_slots=num_slots).load(slot, adapter)
 
 
 def set_combination(model: nn.Module, weights: Sequence[float]) -> None:
     """Set the active combination c_k of every slotted layer (the delta is sum_k c_k s_k B_k A_k)."""
-    for _, layer in slotted_layers(model):
-        if len(weights) != layer.num_slots:
-            raise FairdiffError(f"{len(weights)} weights for {layer.num_slots} slots")
-        layer.weights.copy_(layer.weights.new_tensor(list(weights)))
+    num_slots = next((layer.num_slots for _, layer in slotted_layers(model)), len(weights))
+    AdapterHandle(models={MODEL: model}, adapters=[], num_slots=num_slots).set_combination(weights)

@@ -6,22 +6,48 @@
 - combination: `weights` [K] (c_k); the layer adds the exact sum of scaled deltas, negative weights included,
   never mixing A of one adapter with B of another
 - per-sample: `sample_weights` [B, K] (one weight row per sample, e.g. a one-hot slot index), so a batch
-  with a different adapter per sample is one forward: x @ [A_k]^T -> scale per sample -> @ [B_k]^T
+  with a different adapter per sample is one forward. One-hot rows take the gather path (A and B of each
+  sample's slot gathered, then one batched matmul: the cost of a single adapter); mixed rows take the
+  stacked path (x @ [A_k]^T -> scale per sample -> @ [B_k]^T); rows that are all equal take the shared path.
+- batch rule: a layer that sees a batch of N samples with rows for B samples uses the rows as they are when
+  N == B and tiles them N / B times when B divides N. Classifier-free guidance runs the UNet on
+  cat([uncond, cond]) (2B), so sample i's row applies to both of its halves; a text encoder that encodes
+  prompt and negative prompt in separate calls sees B each time. Any other N is an error.
 - merge folds the active combination into the base weight in fp32 and keeps the original tensor;
   unmerge puts that tensor back, so W0 is bit-identical after any number of cycles
 - a fresh slot has B = 0, so it changes nothing until an adapter is copied in (hot-swap = copy into a slot)
+
+Which slots are active is worked out on the host once per change of `weights`, `scale` or the rows (tracked
+with the tensors' version counters), not in every forward, so a GPU forward does not wait on the host.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
+
+
+@dataclass
+class _Plan:
+    """How one forward applies the slots: `kind` is "shared", "gather" or "stacked"."""
+
+    kind: str
+    slots: slice | torch.Tensor  # the slots that are used (a slice when they are contiguous: no copy)
+    coef: torch.Tensor  # shared: (k,); gather: (N,) per sample; stacked: (N, k)
+    index: torch.Tensor | None = None  # gather: (N,) slot of each sample
+
+
+def _slots(used: list[int], device: torch.device) -> slice | torch.Tensor:
+    if used == list(range(used[0], used[-1] + 1)):
+        return slice(used[0], used[-1] + 1)
+    return torch.tensor(used, device=device)
 
 
 class LoRASlots(nn.Module):
@@ -46,10 +72,11 @@ class LoRASlots(nn.Module):
         kw = {"device": weight.device, "dtype": weight.dtype}
         self.lora_A = nn.Parameter(torch.zeros(num_slots, rank, in_features, **kw))  # (K, r, in)
         self.lora_B = nn.Parameter(torch.zeros(num_slots, out_features, rank, **kw))  # (K, out, r)
-        self.register_buffer("scale", torch.zeros(num_slots))  # (K,) alpha / r per slot
-        self.register_buffer("weights", torch.zeros(num_slots))  # (K,) active combination c_k
-        self.sample_weights: torch.Tensor | None = None  # (B, K) per-sample combination, overrides `weights`
+        self.register_buffer("scale", torch.zeros(num_slots, device=weight.device))  # (K,) alpha / r per slot
+        self.register_buffer("weights", torch.zeros(num_slots, device=weight.device))  # (K,) combination c_k
+        self._rows: torch.Tensor | None = None  # (B, K) per-sample combination, overrides `weights`
         self._original: torch.Tensor | None = None  # the base weight tensor while merged
+        self._cache: dict = {}  # (state key, batch) -> _Plan | None
         base_layer.weight.requires_grad_(False)
         if base_layer.bias is not None:
             base_layer.bias.requires_grad_(False)
@@ -65,6 +92,18 @@ class LoRASlots(nn.Module):
     @property
     def merged(self) -> bool:
         return self._original is not None
+
+    @property
+    def sample_weights(self) -> torch.Tensor | None:
+        """(B, K) per-sample combination rows, or None (every sample uses `weights`)."""
+        return self._rows
+
+    @sample_weights.setter
+    def sample_weights(self, rows: torch.Tensor | None) -> None:
+        if rows is not None and (rows.dim() != 2 or rows.shape[1] != self.num_slots):
+            raise ValueError(f"`sample_weights` must be (batch, slots={self.num_slots}), got {tuple(rows.shape)}")
+        self._rows = rows
+        self._cache.clear()
 
     def set_slot(self, slot: int, A: torch.Tensor, B: torch.Tensor, scale: float) -> None:
         """Copy an adapter (A [r, in] or conv [r, in, kh, kw]; B [out, r] or [out, r, 1, 1]) into `slot`."""
@@ -115,41 +154,85 @@ class LoRASlots(nn.Module):
         self.base_layer.weight.data = self._original
         self._original = None
 
-    def _coefficients(self, batch: int) -> torch.Tensor | None:
-        """(B, K) per-sample or (1, K) shared coefficients c * s, or None when no slot is active."""
-        if self.sample_weights is not None:
-            if self.merged:
-                raise RuntimeError("per-sample adapters need an unmerged layer")
-            if self.sample_weights.shape != (batch, self.num_slots):
-                raise ValueError(
-                    f"`sample_weights` must be (batch={batch}, slots={self.num_slots}), "
-                    f"got {tuple(self.sample_weights.shape)}"
-                )
-            c = self.sample_weights.to(self.scale) * self.scale
+    def _plan(self, batch: int) -> _Plan | None:
+        """How to apply the slots to a batch of `batch` samples (None: no slot is active); cached until
+        `weights`, `scale` or the rows change."""
+        rows = self._rows
+        if rows is None and self.merged:
+            return None
+        if rows is not None and self.merged:
+            raise RuntimeError("per-sample adapters need an unmerged layer")
+        key = (self.weights._version, self.weights.data_ptr(), self.scale._version, self.scale.data_ptr(), batch)
+        if key not in self._cache:
+            if len(self._cache) > 16:
+                self._cache.clear()
+            self._cache[key] = self._make_plan(batch)
+        return self._cache[key]
+
+    @torch.no_grad()
+    def _make_plan(self, batch: int) -> _Plan | None:
+        scale = self.scale.detach().float().cpu()  # (K,)
+        device = self.scale.device
+        if self._rows is None:
+            c = self.weights.detach().float().cpu() * scale  # (K,)
         else:
-            if self.merged:
-                return None
-            c = (self.weights * self.scale)[None]
-        return c if bool((c != 0).any()) else None
+            rows = self._rows.detach().float().cpu()
+            if batch % rows.shape[0]:
+                raise ValueError(
+                    f"`sample_weights` has rows for {rows.shape[0]} samples; the layer sees a batch of {batch} "
+                    f"(must be the same or a multiple, as with classifier-free guidance)"
+                )
+            c = rows * scale  # (B, K)
+            same = bool((c == c[:1]).all())  # every sample the same: the shared path
+            c = c[0] if same else c.repeat(batch // rows.shape[0], 1)  # (N, K): tiled for cat([uncond, cond])
+        used = c.reshape(-1, self.num_slots).ne(0).any(0).nonzero().flatten().tolist()
+        if not used:
+            return None
+        slots = _slots(used, device)
+        if c.dim() == 1:
+            return _Plan("shared", slots, c[used].to(device))
+        c = c[:, used]  # (N, k)
+        if bool((c.ne(0).sum(1) <= 1).all()) and not isinstance(self.base_layer, nn.Conv2d):
+            index = torch.tensor(used)[c.ne(0).float().argmax(1)]  # (N,) the one slot per sample (any if none)
+            return _Plan("gather", slots, c.sum(1).to(device), index.to(device))
+        return _Plan("stacked", slots, c.to(device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
-        c = self._coefficients(x.shape[0])
-        if c is None:
+        plan = self._plan(x.shape[0])
+        if plan is None:
             return y
-        used = (c != 0).any(0).nonzero().flatten()  # slots with any weight in this batch
-        k, r = used.numel(), self.rank
-        A = self.lora_A[used].to(x.dtype)  # (k, r, in)
-        B = self.lora_B[used].to(x.dtype)  # (k, out, r)
-        coef = c[:, used].repeat_interleave(r, dim=1).to(x.dtype)  # (B or 1, k*r)
+        if plan.kind == "gather":
+            return y + self._gathered(x, plan)
+        A = self.lora_A[plan.slots].to(x.dtype)  # (k, r, in)
+        B = self.lora_B[plan.slots].to(x.dtype)  # (k, out, r)
+        k, r = A.shape[0], A.shape[1]
+        A = A.reshape(k * r, -1)  # (k*r, in)
+        if plan.kind == "shared":
+            B = B * plan.coef.to(x.dtype)[:, None, None]  # fold c_k s_k into B_k: the activations are not touched
+            coef = None
+        else:
+            coef = plan.coef.to(x.dtype).repeat_interleave(r, dim=1)  # (N, k*r)
+        B = B.permute(1, 0, 2).reshape(-1, k * r)  # (out, k*r)
         if isinstance(self.base_layer, nn.Conv2d):
             conv = self.base_layer
             h = F.conv2d(x, A.reshape(k * r, *conv.weight.shape[1:]), None, conv.stride, conv.padding, conv.dilation)
-            h = h * coef[:, :, None, None]  # (B, k*r, H', W')
-            return y + F.conv2d(h, B.permute(1, 0, 2).reshape(-1, k * r, 1, 1))
-        h = F.linear(x, A.reshape(k * r, -1))  # (B, ..., k*r)
-        h = h * coef.reshape(coef.shape[0], *([1] * (x.dim() - 2)), k * r)
-        return y + F.linear(h, B.permute(1, 0, 2).reshape(-1, k * r))  # (B, ..., out)
+            if coef is not None:
+                h = h * coef[:, :, None, None]  # (N, k*r, H', W')
+            return y + F.conv2d(h, B[:, :, None, None])
+        h = F.linear(x, A)  # (N, ..., k*r)
+        if coef is not None:
+            h = h * coef.reshape(coef.shape[0], *([1] * (x.dim() - 2)), k * r)
+        return y + F.linear(h, B)  # (N, ..., out)
+
+    def _gathered(self, x: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        """One slot per sample: gather its A and B, then a batched matmul (a Linear base layer)."""
+        n = x.shape[0]
+        A = self.lora_A[plan.index].to(x.dtype)  # (N, r, in)
+        B = self.lora_B[plan.index].to(x.dtype) * plan.coef.to(x.dtype)[:, None, None]  # (N, out, r)
+        x3 = x.reshape(n, -1, x.shape[-1])  # (N, L, in)
+        h = torch.bmm(x3, A.transpose(1, 2))  # (N, L, r)
+        return torch.bmm(h, B.transpose(1, 2)).reshape(*x.shape[:-1], B.shape[1])  # (N, ..., out)
 
 
 def inject_slots(model: nn.Module, patterns: Iterable[str], num_slots: int, rank: int) -> list[str]:
@@ -172,6 +255,23 @@ def inject_slots(model: nn.Module, patterns: Iterable[str], num_slots: int, rank
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, LoRASlots(module, num_slots, rank))
     return [name for name, _ in targets]
+
+
+def remove_slots(model: nn.Module, keep_merged: bool = False) -> list[str]:
+    """Put every wrapped layer's base layer back in place of its `LoRASlots`; returns the unwrapped names.
+    A merged layer is unmerged first (the base weight is the original again), unless `keep_merged`, which
+    keeps the merged weight for good (to save a merged model) and drops the original."""
+    names = []
+    for name, layer in list(slotted_layers(model)):
+        if layer.merged and keep_merged:
+            layer._original = None
+        elif layer.merged:
+            layer.unmerge()
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, layer.base_layer)
+        names.append(name)
+    return names
 
 
 def slotted_layers(model: nn.Module) -> Iterator[tuple[str, LoRASlots]]:
