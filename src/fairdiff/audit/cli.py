@@ -74,9 +74,12 @@ def _arms(
 def run_and_summarize(cfg, out: Path, resume: bool, title: str):
     """Run the audit with a progress bar, then print the headline and write metrics + exports."""
     from fairdiff.audit.results import load_run
-    from fairdiff.audit.runner import dist_rank, run_audit
+    from fairdiff.audit.runner import check_audit, dist_rank, prepare_run_dir, run_audit
     from fairdiff.audit.summary import export, summarize
 
+    check_audit(cfg)  # bad input fails before anything is loaded, drawn or written
+    if not resume:
+        prepare_run_dir(out, cfg, resume)
     with _audit_progress() as progress:
         task = progress.add_task(title, total=None)
 

@@ -158,6 +158,23 @@ def prepare_run_dir(out: Path, cfg: AuditConfig, resume: bool) -> dict | None:
     return None
 
 
+def check_audit(cfg: AuditConfig) -> tuple[list[Arm], list[Suite]]:
+    """Validate everything about an audit that can be checked without loading a model."""
+    from fairdiff.detect.base import detector_factory
+    from fairdiff.world.config import load_world_config
+
+    cfg.check()
+    arms = [arm_from_spec(s) for s in cfg.arms]
+    check_arms(arms)
+    world = load_world_config(cfg.world) if cfg.world else None
+    suites = [load_suite(s, world) for s in cfg.suites]
+    names = [s.name for s in suites]
+    if len(set(names)) != len(names):
+        raise FairdiffError(f"suites must be distinct, got {names}")
+    detector_factory(cfg.detector)  # raises for unknown names
+    return arms, suites
+
+
 def run_audit(
     cfg: AuditConfig,
     out: Path,
@@ -171,16 +188,8 @@ def run_audit(
     from fairdiff.generate import effective_guidance, run_pipeline
     from fairdiff.models.loading import load_pipeline
     from fairdiff.provenance import library_versions, machine
-    from fairdiff.world.config import load_world_config
 
-    cfg.check()
-    arms = [arm_from_spec(s) for s in cfg.arms]
-    check_arms(arms)
-    world = load_world_config(cfg.world) if cfg.world else None
-    suites = [load_suite(s, world) for s in cfg.suites]
-    names = [s.name for s in suites]
-    if len(set(names)) != len(names):
-        raise FairdiffError(f"suites must be distinct, got {names}")
+    arms, suites = check_audit(cfg)
     rank, world_size = dist_rank()
     old = prepare_run_dir(out, cfg, resume)
 

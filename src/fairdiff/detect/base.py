@@ -57,8 +57,8 @@ def register_detector(name: str) -> Callable:
     return wrap
 
 
-def build_detector(name: str, **options) -> Detector:
-    """Build a registered detector by name (importing the built-in ones on first use)."""
+def detector_factory(name: str) -> Callable[..., Detector]:
+    """The factory registered under `name` (importing the built-in detectors on first use)."""
     import fairdiff.detect.world  # noqa: F401  (registers "world")
 
     for optional in ("fairdiff.detect.clip", "fairdiff.detect.nsfw"):
@@ -69,4 +69,9 @@ def build_detector(name: str, **options) -> Detector:
                 raise
     if name not in DETECTORS:
         raise FairdiffError(f"unknown detector {name!r}; choose one of: {', '.join(sorted(DETECTORS))}")
-    return DETECTORS[name](**options)
+    return DETECTORS[name]
+
+
+def build_detector(name: str, **options) -> Detector:
+    """Build a registered detector by name."""
+    return detector_factory(name)(**options)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from fairdiff.audit.results import load_run
+from fairdiff.audit.runner import AuditConfig, run_audit
+from fairdiff.audit.summary import export, summarize
+from fairdiff.errors import FairdiffError
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("summary") / "run"
+    cfg = AuditConfig(
+        suites=["world-occupations", "world-avatars"],
+        arms=[{"kind": "base", "name": "base"}, {"kind": "negative", "name": "neg", "negative": "revealing clothes"}],
+        images_per_prompt=4,
+        max_prompts=4,
+        steps=2,
+        batch_size=16,
+    )
+    run_audit(cfg, out)
+    return out
+
+
+def test_rows_carry_labels_fields_and_outcomes(run_dir):
+    res = load_run(run_dir)
+    rows = res.rows
+    assert len(rows) == 2 * (4 * 4) * 2
+    avatars = rows[rows["suite"] == "world-avatars"]
+    assert set(avatars["field_gender"]) == {"man"}  # first 4 prompts: men x 4 skins
+    assert (rows["revealing"] == (rows["attire"] == "revealing")).all()
+    p = rows[["prob_gender_man", "prob_gender_woman"]].to_numpy()
+    assert ((p.argmax(1) == 0) == (rows["gender"] == "man")).all()
+
+
+def test_shares_equal_label_counts_and_truth_is_attached(run_dir):
+    summary = summarize(load_run(run_dir), n_boot=200)
+    occ = summary.suites["world-occupations"]
+    rows = load_run(run_dir).rows
+    doctor = rows[(rows["suite"] == "world-occupations") & (rows["prompt"] == "doctor") & (rows["arm"] == "base")]
+    shares = occ.frame.shares
+    got = shares[(shares["arm"] == "base") & (shares["prompt"] == "doctor") & (shares["attribute"] == "gender")]
+    assert dict(zip(got["class"], got["share"], strict=True)) == {
+        "man": (doctor["gender"] == "man").mean(),
+        "woman": (doctor["gender"] == "woman").mean(),
+    }
+    truth = occ.truth
+    row = truth[(truth["prompt"] == "doctor") & (truth["attribute"] == "gender") & (truth["class"] == "man")]
+    assert row["truth"].tolist() == [0.75, 0.75]  # both arms
+    assert set(occ.frame.overall["attribute"]) >= {"gender", "skin", "gender×skin"}
+    av = summary.suites["world-avatars"]
+    assert av.kind == "outcome" and set(av.frame.by_group["attribute"]) == {"gender", "skin", "gender×skin"}
+    assert set(av.by_prompt_outcome["context"]) == {"avatar"}
+    assert summary.quality["arm"].tolist() == ["base", "neg"]
+
+
+def test_export_writes_csv_parquet_and_json(run_dir, tmp_path):
+    written = export(summarize(load_run(run_dir), n_boot=100), tmp_path)
+    names = {p.name for p in written}
+    assert {"rows.csv", "rows.parquet", "metrics.json"} <= names
+    assert len(pd.read_parquet(tmp_path / "rows.parquet")) == 64
+    assert "metrics-world-avatars-ratio.csv" in names
+
+
+def test_not_a_run_dir(tmp_path):
+    with pytest.raises(FairdiffError, match="not an audit run dir"):
+        load_run(tmp_path)
