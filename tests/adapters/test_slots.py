@@ -71,15 +71,24 @@ def test_weighted_composition_is_the_exact_sum_of_deltas(make):
 
 
 @pytest.mark.parametrize("make", [_linear, _conv])
-def test_per_sample_adapters_in_one_batch_equal_each_sample_alone(make):
+@pytest.mark.parametrize(
+    ("rows", "kind"),
+    [
+        ([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 1, 0]], "gather"),  # one slot each
+        ([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0], [0.5, 0, -1, 0]], "stacked"),  # a mixture
+        ([[0.5, 0, -1, 0]] * 5, "shared"),  # all the same
+    ],
+)
+def test_per_sample_adapters_in_one_batch_equal_each_sample_alone(make, rows, kind):
     layer = LoRASlots(make(), num_slots=4, rank=3)
     for k, (A, B, s) in enumerate(_adapters(layer.base_layer, ranks=[3, 3, 1, 2])):
         layer.set_slot(k, A, B, s)
     conv = isinstance(layer.base_layer, nn.Conv2d)
     x = torch.randn(5, 5, 6, 6) if conv else torch.randn(5, 3, 12)
-    rows = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0], [0.5, 0, -1, 0]], dtype=torch.float)
+    rows = torch.tensor(rows, dtype=torch.float)
     layer.sample_weights = rows
     batched = layer(x)
+    assert layer._plan(5).kind == ("stacked" if conv and kind == "gather" else kind)  # convs never gather
     layer.sample_weights = None
     for i in range(5):
         layer.weights.copy_(rows[i])
