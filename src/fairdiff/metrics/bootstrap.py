@@ -43,6 +43,23 @@ def percentile_ci(draws: np.ndarray, confidence: float, axis: int = 0) -> tuple[
     return low_high[0], low_high[1]
 
 
+def wilson_ci(k: np.ndarray, n: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a share k/n (elementwise; n > 0).
+
+    Used for the CI of a single share or rate instead of the percentile bootstrap: with hard labels the
+    bootstrap of k/n collapses to the point [0, 0] when k = 0 (and [1, 1] when k = n), so a class drawn rarely
+    (5% of doctors dark-skinned, 0 of 24 images) would get a CI that excludes any true share above 0. Wilson's
+    interval keeps near-nominal coverage at small n and extreme shares (Brown, Cai & DasGupta 2001)."""
+    from statistics import NormalDist
+
+    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+
+
 def resample_counts(counts: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """Bootstrap class counts of P prompts: (P, K) with every row total > 0 -> (n_boot, P, K)."""
     n = counts.sum(axis=-1)  # (P,)

@@ -11,7 +11,14 @@ import numpy as np
 import pandas as pd
 
 from fairdiff.errors import FairdiffError
-from fairdiff.metrics.bootstrap import BootstrapConfig, percentile_ci, prompt_mean_ci, resample_counts, stream
+from fairdiff.metrics.bootstrap import (
+    BootstrapConfig,
+    percentile_ci,
+    prompt_mean_ci,
+    resample_counts,
+    stream,
+    wilson_ci,
+)
 from fairdiff.metrics.formulas import SHARE_METRICS
 from fairdiff.metrics.labels import (
     Block,
@@ -139,7 +146,7 @@ def _assess_block(
     n = block.counts.sum(axis=1)  # (P,)
     p_hat = block.counts / n[:, None]  # (P, K)
     draws = resample_counts(block.counts, cfg.n_boot, rng) / n[:, None]  # (B, P, K)
-    share_low, share_high = percentile_ci(draws, cfg.confidence)  # (P, K) each
+    share_low, share_high = wilson_ci(block.counts, n[:, None], cfg.confidence)  # (P, K) each
     n_prompts, k = p_hat.shape
     shares = pd.DataFrame(
         {

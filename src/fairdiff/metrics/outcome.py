@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from fairdiff.errors import FairdiffError
-from fairdiff.metrics.bootstrap import BootstrapConfig, percentile_ci, resample_positives, stream
+from fairdiff.metrics.bootstrap import BootstrapConfig, percentile_ci, resample_positives, stream, wilson_ci
 from fairdiff.metrics.formulas import parity_difference_rows, parity_ratio_rows
 from fairdiff.metrics.frame import records
 from fairdiff.metrics.labels import (
@@ -154,10 +154,9 @@ class OutcomeFrame:
             n, pos = int(n), int(pos)
             if n == 0:
                 continue
-            rng = stream(self.bootstrap.seed, arm, "overall")
-            draws = resample_positives(np.array([n]), np.array([pos]), self.bootstrap.n_boot, rng)[:, 0] / n
-            low, high = percentile_ci(draws, self.bootstrap.confidence)
-            overall.append({"arm": arm, "n": n, "positives": pos, "rate": pos / n, "ci_low": low, "ci_high": high})
+            low, high = wilson_ci(pos, n, self.bootstrap.confidence)
+            rate = {"rate": pos / n, "ci_low": float(low), "ci_high": float(high)}
+            overall.append({"arm": arm, "n": n, "positives": pos, **rate})
         self.overall = pd.DataFrame(overall)
 
     def difference(self) -> pd.DataFrame:
@@ -190,7 +189,7 @@ def _assess_groups(
     draws[:, seen] = resample_positives(n[seen], pos[seen], cfg.n_boot, rng) / n[seen]  # (B, G_seen)
     low, high = np.full(n.shape, np.nan), np.full(n.shape, np.nan)
     if seen.any():
-        low[seen], high[seen] = percentile_ci(draws[:, seen], cfg.confidence)
+        low[seen], high[seen] = wilson_ci(pos[seen], n[seen], cfg.confidence)
     groups = rows["group"].to_numpy()
     by_group = pd.DataFrame(
         {"arm": arm, "attribute": attribute, "group": groups, "n": n, "positives": pos}
