@@ -112,6 +112,10 @@ def generate(
     out: Path = typer.Option(Path("out/generate"), "--out", "-o", help="Output directory."),
     device: str = typer.Option("cpu", "--device", help="torch device: cpu, cuda, cuda:1, mps."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
+    adapter: list[str] = typer.Option(
+        [], "--adapter", help="LoRA adapter FILE[:WEIGHT] (repeatable; weights combine exactly)."
+    ),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Read pickled adapter weights (can run code)."),
 ) -> None:
     """Generate images for one prompt: PNGs, a grid and a JSON sidecar (seeds, versions, weight hashes)."""
     with expected_errors():
@@ -129,6 +133,8 @@ def generate(
             batch_size=batch_size,
             height=height,
             width=width,
+            adapters=list(adapter),
+            allow_pickle=allow_pickle,
         )
         cfg.check()
         ensure_writable_dir(out)
@@ -473,4 +479,5 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 # Commands owned by subsystems register themselves on `app` when imported.
+from fairdiff.adapters import cli as _adapters_cli  # noqa: E402,F401
 from fairdiff.audit import cli as _audit_cli  # noqa: E402,F401

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,8 @@ class GenerateConfig:
     batch_size: int = 16
     height: int | None = None
     width: int | None = None
+    adapters: list[str] = field(default_factory=list)  # LoRA "FILE[:WEIGHT]"; applied as one exact combination
+    allow_pickle: bool = False  # read pickled adapter weights (they can run code)
 
     def check(self) -> None:
         if self.n < 1:
@@ -51,6 +53,11 @@ class GenerateConfig:
             raise FairdiffError(f"--guidance must be a finite number >= 0, got {self.guidance}")
         if not self.prompt.strip():
             raise FairdiffError("--prompt is empty")
+        if self.adapters:
+            from fairdiff.adapters.engine import parse_adapter_spec
+
+            for text in self.adapters:
+                parse_adapter_spec(text)
 
 
 def ensure_writable_dir(out: Path) -> None:
@@ -106,6 +113,20 @@ def effective_guidance(loaded: LoadedModel, guidance: float | None) -> float | N
     return None if param is None or param.default is inspect.Parameter.empty else float(param.default)
 
 
+def attach_config_adapters(loaded: LoadedModel, cfg: GenerateConfig):
+    """Attach `cfg.adapters` with their weights as the combination for every image; returns (handle or None,
+    sidecar records: path, sha256, weight, format)."""
+    if not cfg.adapters:
+        return None, []
+    from fairdiff.adapters.engine import adapter_record, attach_adapters, load_adapter_specs
+
+    unet = getattr(loaded.pipeline, "unet", None)  # kohya SDXL keys are mapped with its config
+    specs, adapters = load_adapter_specs(cfg.adapters, cfg.allow_pickle, getattr(unet, "config", None))
+    handle = attach_adapters(loaded.pipeline, adapters)
+    handle.set_combination([s.weight for s in specs])
+    return handle, [adapter_record(s, a) for s, a in zip(specs, adapters, strict=True)]
+
+
 def generate(
     loaded: LoadedModel, cfg: GenerateConfig, out: Path, on_batch: Callable[[int], None] | None = None
 ) -> dict:
@@ -117,25 +138,30 @@ def generate(
     seeds = [cfg.seed + i for i in range(cfg.n)]
     files, images = [], []
     t0 = time.time()
-    for start in range(0, cfg.n, cfg.batch_size):
-        batch = seeds[start : start + cfg.batch_size]
-        pixels = run_pipeline(
-            loaded,
-            [positive] * len(batch),
-            [negative] * len(batch),
-            batch,
-            cfg.steps,
-            cfg.guidance,
-            cfg.height,
-            cfg.width,
-        )
-        for seed, img in zip(batch, pixels, strict=True):
-            name = f"{seed:06d}.png"
-            Image.fromarray(img).save(out / name)
-            files.append(name)
-            images.append(img)
-        if on_batch is not None:
-            on_batch(len(batch))
+    handle, adapter_records = attach_config_adapters(loaded, cfg)
+    try:
+        for start in range(0, cfg.n, cfg.batch_size):
+            batch = seeds[start : start + cfg.batch_size]
+            pixels = run_pipeline(
+                loaded,
+                [positive] * len(batch),
+                [negative] * len(batch),
+                batch,
+                cfg.steps,
+                cfg.guidance,
+                cfg.height,
+                cfg.width,
+            )
+            for seed, img in zip(batch, pixels, strict=True):
+                name = f"{seed:06d}.png"
+                Image.fromarray(img).save(out / name)
+                files.append(name)
+                images.append(img)
+            if on_batch is not None:
+                on_batch(len(batch))
+    finally:
+        if handle is not None:
+            handle.detach()  # the pipeline is as it was loaded
     cols = int(np.ceil(np.sqrt(cfg.n)))
     Image.fromarray(grid(np.stack(images), cols)).save(out / "grid.png")
     scheduler = loaded.pipeline.scheduler
@@ -158,6 +184,7 @@ def generate(
         "versions": library_versions(),
         "machine": machine(),
         "weight_hashes": loaded.weight_hashes(),
+        "adapters": adapter_records,
         "seconds": round(time.time() - t0, 2),
     }
     tmp = out / "generate.json.tmp"

@@ -132,3 +132,24 @@ def test_compose_errors():
     odd = LoRAAdapter({"unet": {"m": LoRALayer(A=torch.eye(3), B=torch.ones(2, 3), alpha=3, scale=1)}})
     with pytest.raises(FairdiffError, match="disagree on its shape"):
         compose([a, odd], [1.0, 1.0])
+
+
+def test_factored_and_randomized_reranks_match_the_exact_svd(monkeypatch):
+    from fairdiff.adapters import compose as compose_module
+    from fairdiff.adapters.compose import low_rank_factored
+
+    g = torch.Generator().manual_seed(0)
+    B, A = torch.randn(20, 6, generator=g, dtype=torch.float64), torch.randn(6, 30, generator=g, dtype=torch.float64)
+    S = torch.linalg.svdvals(B @ A)
+    exact = (S[3:].square().sum() / S.square().sum()).sqrt().item()
+    Bf, Af, error = low_rank_factored(B, A, 3)
+    assert error == pytest.approx(exact, rel=1e-6)
+    Bd, Ad, error_dense = low_rank(B @ A, 3)
+    assert error_dense == pytest.approx(exact, rel=1e-6)
+    torch.testing.assert_close(Bf @ Af, Bd @ Ad, atol=1e-4, rtol=1e-4)
+
+    monkeypatch.setattr(compose_module, "EXACT_SVD_MAX", 8)  # force the randomized path on a 20 x 30 delta
+    noisy = B @ A + 1e-3 * torch.randn(20, 30, generator=g, dtype=torch.float64)
+    S = torch.linalg.svdvals(noisy)
+    _, _, error_random = low_rank(noisy, 3)
+    assert error_random == pytest.approx((S[3:].square().sum() / S.square().sum()).sqrt().item(), rel=1e-2)

@@ -1,27 +1,37 @@
 """LoRA engine: slotted layers (K adapters per layer), exact merge/restore, exact composition, per-sample
-adapters in one batch; PEFT, diffusers and kohya files. See docs/adapters.md and DESIGN.md (Adapters)."""
+adapters in one batch; PEFT, diffusers and kohya files. See docs/adapters.md and DESIGN.md (Adapters).
 
-from fairdiff.adapters.compose import Composition, compose
-from fairdiff.adapters.engine import AdapterHandle, AdapterSpec, attach_adapters, parse_adapter_spec
-from fairdiff.adapters.formats import LoRAAdapter, LoRALayer, load_adapter, read_peft, write_peft
-from fairdiff.adapters.slots import LoRASlots, inject_slots, merge_all, remove_slots, slotted_layers, unmerge_all
+Names are imported on first use, so `fairdiff.adapters.cli` (and `fairdiff --help`) does not import torch.
+"""
 
-__all__ = [
-    "AdapterHandle",
-    "AdapterSpec",
-    "Composition",
-    "LoRAAdapter",
-    "LoRALayer",
-    "LoRASlots",
-    "attach_adapters",
-    "compose",
-    "inject_slots",
-    "load_adapter",
-    "merge_all",
-    "parse_adapter_spec",
-    "read_peft",
-    "remove_slots",
-    "slotted_layers",
-    "unmerge_all",
-    "write_peft",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Composition": "compose",
+    "compose": "compose",
+    "AdapterHandle": "engine",
+    "AdapterSpec": "engine",
+    "attach_adapters": "engine",
+    "parse_adapter_spec": "engine",
+    "LoRAAdapter": "formats",
+    "LoRALayer": "formats",
+    "load_adapter": "formats",
+    "read_peft": "formats",
+    "write_peft": "formats",
+    "LoRASlots": "slots",
+    "inject_slots": "slots",
+    "merge_all": "slots",
+    "remove_slots": "slots",
+    "slotted_layers": "slots",
+    "unmerge_all": "slots",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"fairdiff.adapters.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'fairdiff.adapters' has no attribute {name!r}")
