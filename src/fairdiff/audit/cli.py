@@ -114,9 +114,11 @@ def print_headline(summary) -> None:
     for name, s in summary.suites.items():
         if s.kind == "shares":
             attrs = list(dict.fromkeys(s.frame.overall["attribute"]))
-            table = Table("arm", *[f"{a}\nnorm. bias [95% CI]" for a in attrs], title=f"{name}: mean over prompts")
+            table = Table(
+                "arm", *attrs, title=f"{name}: normalized bias (0 = parity), mean over prompts [95% CI]", min_width=60
+            )
             if s.truth is not None:
-                table.add_column("world truth\ncovered by CI")
+                table.add_column("truth in CI")
             for arm in dict.fromkeys(s.frame.overall["arm"]):
                 o = s.frame.overall[s.frame.overall["arm"] == arm].set_index("attribute")
                 cells = [
@@ -125,22 +127,26 @@ def print_headline(summary) -> None:
                 ]
                 if s.truth is not None:
                     t = s.truth[s.truth["arm"] == arm]
-                    cells.append(f"{t['covered'].mean():.0%} of {len(t)}; max |err| {t['error'].abs().max():.2f}")
+                    cells.append(f"{t['covered'].mean():.0%} of {len(t)}")
                 table.add_row(arm, *cells)
+            if s.truth_metrics:
+                t = s.truth_metrics
+                cells = [f"{t[a]['normalized_bias']:.2f}" if a in t else "-" for a in attrs]
+                table.add_row("[italic]world truth[/]", *cells, *([""] if s.truth is not None else []))
         else:
             spec = s.spec
             ratio = s.frame.ratio()
             inter = "×".join(spec["groups"])
             table = Table(
                 "arm",
-                f"{spec['outcome']} rate\nmax group",
-                "min group",
-                "parity ratio\nmax/min [95% CI]",
+                "highest rate",
+                "lowest rate",
+                "ratio [95% CI]",
                 "difference",
-                title=f"{name}: {spec['outcome']} by {inter} (groups named in the prompt)",
+                title=f"{name}: {spec['outcome']} rate by {inter} named in the prompt; parity max/min, max-min",
             )
             if s.truth is not None:
-                table.add_column("world truth\ncovered by CI")
+                table.add_column("truth in CI")
             diff = s.frame.difference()
             for arm in dict.fromkeys(ratio["arm"]):
                 r = ratio[(ratio["arm"] == arm) & (ratio["attribute"] == inter)].iloc[0]
@@ -157,6 +163,17 @@ def print_headline(summary) -> None:
                     t = s.truth[(s.truth["arm"] == arm) & (s.truth["attribute"] == inter)]
                     cells.append(f"{t['covered'].mean():.0%} of {len(t)}")
                 table.add_row(arm, *cells)
+            t = (s.truth_metrics or {}).get(inter)
+            if t:
+                table.add_row(
+                    "[italic]world truth[/]",
+                    f"{t['max_group']} {t['max_rate']:.2f}",
+                    f"{t['min_group']} {t['min_rate']:.2f}",
+                    f"{t['ratio']:.1f}",
+                    f"{t['difference']:.2f}",
+                    "",
+                )
+        table.columns[0].no_wrap = True
         console.print(table)
     q = summary.quality
     line = ", ".join(f"{a} {v:.3f}" for a, v in zip(q["arm"], q["validity"], strict=True))

@@ -226,7 +226,7 @@ def parse_suite(data: Any, source: str = "<dict>", world_config=None) -> Suite:
             if pid in seen:
                 raise c.fail("values", f"two prompts get the same id {pid!r}")
             seen.add(pid)
-            truth = _world_truth(world_config, kind, fields, context, measure) if world else None
+            truth = _world_truth(world_config, kind, fields, context, measure, intersections) if world else None
             prompts.append(SuitePrompt(pid, prompt_text, fields, context, truth))
     return Suite(
         name=name,
@@ -244,8 +244,12 @@ def parse_suite(data: Any, source: str = "<dict>", world_config=None) -> Suite:
     )
 
 
-def _world_truth(world_config, kind: str, fields: dict[str, str], context: str, measure: list[str]) -> dict:
-    """The world's true shares behind a prompt: P(attribute | occupation, context), or P(revealing | group)."""
+def _world_truth(
+    world_config, kind: str, fields: dict[str, str], context: str, measure: list[str], intersections=()
+) -> dict:
+    """The world's true shares behind a prompt: P(attribute | occupation, context), or P(revealing | group).
+    The world draws gender, skin and age independently given the occupation, so an intersection's truth is
+    the product of its parts'."""
     from fairdiff.world.config import load_world_config
 
     world_config = world_config or load_world_config()
@@ -258,7 +262,14 @@ def _world_truth(world_config, kind: str, fields: dict[str, str], context: str, 
     if context not in world_config.contexts:
         raise FairdiffError(f"world suite: context {context!r} is not in the world config")
     shares = world_config.expected_shares(occupation, context)
-    return {a: shares[a] for a in measure if a in shares}
+    truth = {a: shares[a] for a in measure if a in shares}
+    for parts in intersections:
+        if all(a in truth for a in parts):
+            joint = {"": 1.0}
+            for a in parts:
+                joint = {f"{k}×{c}" if k else c: p * q for k, p in joint.items() for c, q in truth[a].items()}
+            truth["×".join(parts)] = joint
+    return truth
 
 
 def load_suite(name_or_path: str | Path, world_config=None) -> Suite:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fairdiff.audit.results import RunResults
-from fairdiff.metrics import MetricFrame, OutcomeFrame
+from fairdiff.metrics import SHARE_METRICS, MetricFrame, OutcomeFrame
 from fairdiff.metrics.frame import records
 
 
@@ -28,6 +28,7 @@ class SuiteSummary:
     truth: pd.DataFrame | None = None  # estimate vs injected truth (world suites)
     by_prompt_outcome: pd.DataFrame | None = None  # outcome suites: rate per prompt (and its truth)
     spec: dict = field(default_factory=dict)
+    truth_metrics: dict | None = None  # world suites: the headline metrics of the injected truth itself
 
 
 @dataclass
@@ -44,6 +45,8 @@ class RunSummary:
                 d["truth"] = records(s.truth)
             if s.by_prompt_outcome is not None:
                 d["by_prompt_outcome"] = records(s.by_prompt_outcome)
+            if s.truth_metrics is not None:
+                d["truth_metrics"] = s.truth_metrics
             out["suites"][name] = d
         return out
 
@@ -92,7 +95,21 @@ def _shares_summary(name, spec, data, classes, truth, n_boot, seed) -> SuiteSumm
         table = shares.assign(truth=want).dropna(subset=["truth"]).reset_index(drop=True)
         table["error"] = table["share"] - table["truth"]
         table["covered"] = (table["ci_low"] <= table["truth"]) & (table["truth"] <= table["ci_high"])
-    return SuiteSummary(name, "shares", frame, table, spec=spec)
+    truth_metrics = None
+    if truth:
+        # the suite mean of each metric on the truth itself: what a perfect model and detector would report
+        prompts = list(dict.fromkeys(data["prompt"]))
+        truth_metrics = {}
+        for attribute, q in frame.targets.items():
+            p = [
+                [truth[pid][attribute][c] for c in frame.classes[attribute]]
+                for pid in prompts
+                if attribute in truth[pid]
+            ]
+            if p:
+                p = np.asarray(p)
+                truth_metrics[attribute] = {m: float(f(p, q[None, :]).mean()) for m, f in SHARE_METRICS.items()}
+    return SuiteSummary(name, "shares", frame, table, spec=spec, truth_metrics=truth_metrics)
 
 
 def _outcome_summary(name, spec, data, classes, truth, n_boot, seed) -> SuiteSummary:
@@ -138,7 +155,22 @@ def _outcome_summary(name, spec, data, classes, truth, n_boot, seed) -> SuiteSum
         table = table[table["n"] > 0].reset_index(drop=True)  # groups with no images have no estimate
         table["error"] = table["rate"] - table["truth"]
         table["covered"] = (table["ci_low"] <= table["truth"]) & (table["truth"] <= table["ci_high"])
-    return SuiteSummary(name, "outcome", frame, table, per, spec=spec)
+    truth_metrics = None
+    if table is not None and not table.empty:
+        truth_metrics = {}
+        first = table[table["arm"] == table["arm"].iloc[0]]
+        for attribute, rows in first.groupby("attribute", sort=False):
+            t = rows.set_index("group")["truth"].dropna()
+            if len(t) >= 2:
+                truth_metrics[attribute] = {
+                    "ratio": float(t.max() / t.min()) if t.min() > 0 else float("inf"),
+                    "difference": float(t.max() - t.min()),
+                    "max_group": str(t.idxmax()),
+                    "min_group": str(t.idxmin()),
+                    "max_rate": float(t.max()),
+                    "min_rate": float(t.min()),
+                }
+    return SuiteSummary(name, "outcome", frame, table, per, spec=spec, truth_metrics=truth_metrics)
 
 
 def export(summary: RunSummary, out_dir: Path) -> list[Path]:
