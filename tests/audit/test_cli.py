@@ -20,7 +20,7 @@ def test_audit_end_to_end_prints_the_headline(tmp_path):
     args = ["audit", "-s", "world-avatars", "--negative", "revealing clothes", "-n", "2", "--max-prompts", "8"]
     result = runner.invoke(app, [*args, "--steps", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "world-avatars: revealing by gender×skin" in result.stdout and "negative" in result.stdout
+    assert "world-avatars: revealing rate by gender×skin" in result.stdout and "negative" in result.stdout
     assert (out / "metrics.json").is_file() and (out / "rows.csv").is_file()
     again = runner.invoke(app, [*args, "--steps", "2", "--out", str(out)])
     assert "pass --resume" in _error_line(again)
