@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: setup demo test format bench gates
+.PHONY: setup demo test format bench bench-adapters gates
 setup: $(BIN)/.installed
 
 demo: setup
@@ -28,6 +28,9 @@ format: setup
 
 bench: setup
 	$(BIN)/python bench/render_throughput.py
+
+bench-adapters: setup
+	nice -n 10 $(BIN)/python bench/adapters.py
 
 gates: setup
 	$(BIN)/fairdiff world gates --out docs/results/gates.json

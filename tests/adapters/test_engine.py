@@ -91,6 +91,7 @@ def test_merge_unmerge_detach_and_fuse_on_a_pipeline():
     handle.set_combination([0.8, -0.4])
     unmerged = outputs(pipe)
     handle.merge()
+    assert not any(isinstance(m, LoRASlots) for m in pipe.unet.modules())  # the original module graph
     merged = outputs(pipe)
     for name in unmerged:
         torch.testing.assert_close(merged[name], unmerged[name], rtol=1e-4, atol=1e-4)
@@ -98,6 +99,8 @@ def test_merge_unmerge_detach_and_fuse_on_a_pipeline():
     with pytest.raises(FairdiffError, match="unmerge before setting per-sample adapters"):
         handle.set_per_sample(torch.eye(2))
     handle.unmerge()
+    assert sum(isinstance(m, LoRASlots) for m in pipe.unet.modules()) == len(handle.targets["unet"])
+    torch.testing.assert_close(outputs(pipe)["unet"], unmerged["unet"], rtol=0, atol=0)
     handle.set_per_sample(torch.eye(2))
     with pytest.raises(FairdiffError, match="per-sample adapters cannot be merged"):
         handle.merge()

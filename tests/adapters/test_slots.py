@@ -145,3 +145,21 @@ def test_errors_name_the_problem():
         layer(torch.randn(2, 12))
     with pytest.raises(ValueError, match=r"`sample_weights` must be \(batch, slots=2\), got \(3, 3\)"):
         layer.sample_weights = torch.ones(3, 3)
+
+
+def test_cached_factors_follow_changes_and_training_gets_gradients():
+    layer = LoRASlots(_linear(), num_slots=2, rank=2)
+    (A, B, s), (A2, B2, s2) = _adapters(layer.base_layer, ranks=[2, 2])
+    layer.set_slot(0, A, B, s)
+    layer.weights.copy_(torch.tensor([1.0, 0.0]))
+    x = torch.randn(3, 12)
+    with torch.no_grad():
+        before = layer(x)  # factors cached with the plan
+        layer.lora_B.mul_(2.0)  # an optimizer-style in-place step
+        torch.testing.assert_close(layer(x) - layer.base_layer(x), 2 * (before - layer.base_layer(x)))
+        layer.set_slot(0, A2, B2, s2)  # hot-swap
+        expected = _apply(layer.base_layer, _dense(layer.base_layer, [(A2, B2, s2)], [1.0]), x)
+        torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5)
+    layer(x).square().sum().backward()  # with gradients: fresh factors, grads reach only slot 0's A and B
+    assert layer.lora_A.grad[0].abs().sum() > 0 and layer.lora_B.grad[0].abs().sum() > 0
+    assert layer.lora_A.grad[1].abs().sum() == 0 and layer.base_layer.weight.grad is None

@@ -135,11 +135,18 @@ class AdapterHandle:
     num_slots: int
     targets: dict[str, list[str]] = field(default_factory=dict)  # component -> wrapped module names
 
+    def __post_init__(self) -> None:
+        self._wrapped = [(c, name, layer) for c, model in self.models.items() for name, layer in slotted_layers(model)]
+
     def layers(self) -> Iterator[tuple[str, str, LoRASlots]]:
-        """(component, module name, LoRASlots) of every wrapped layer."""
-        for component, model in self.models.items():
-            for name, layer in slotted_layers(model):
-                yield component, name, layer
+        """(component, module name, LoRASlots) of every wrapped layer (also while merged, when the model
+        holds the base layers)."""
+        yield from self._wrapped
+
+    def _put(self, component: str, name: str, module: nn.Module) -> None:
+        parent_name, _, child = name.rpartition(".")
+        model = self.models[component]
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
     @property
     def merged(self) -> bool:
@@ -150,9 +157,11 @@ class AdapterHandle:
         already be wrapped and fit; layers the adapter does not target get the slot cleared."""
         if not 0 <= slot < self.num_slots:
             raise FairdiffError(f"slot {slot} out of range (0..{self.num_slots - 1})")
+        if self.merged:
+            raise FairdiffError("unmerge before loading an adapter into a slot")
         placed = _place(adapter, self.models)
-        for component, model in self.models.items():
-            wrapped = dict(slotted_layers(model))
+        for component in self.models:
+            wrapped = {name: layer for c, name, layer in self._wrapped if c == component}
             wanted = placed.get(component, {})
             for name, layer in wanted.items():
                 if name not in wrapped:
@@ -196,31 +205,35 @@ class AdapterHandle:
             layer.sample_weights = rows
 
     def merge(self) -> None:
-        """Fold the active combination into the base weights (fp32 math): the pipeline runs at base cost."""
+        """Fold the active combination into the base weights (fp32 math) and put the base layers back in
+        the model, so the merged pipeline is the original module graph: base cost, nothing in between."""
         if any(layer.sample_weights is not None for _, _, layer in self.layers()):
             raise FairdiffError("per-sample adapters cannot be merged; call set_per_sample(None) first")
-        for _, _, layer in self.layers():
+        for component, name, layer in self.layers():
             if not layer.merged:
                 layer.merge()
+                self._put(component, name, layer.base_layer)
 
     def unmerge(self) -> None:
-        """Put every original base weight back, bit for bit."""
-        for _, _, layer in self.layers():
+        """Put every original base weight back, bit for bit, and the slotted layers in place."""
+        for component, name, layer in self.layers():
             if layer.merged:
                 layer.unmerge()
+                self._put(component, name, layer)
 
     def detach(self) -> None:
         """Unmerge and put the original modules back; the pipeline is as before `attach_adapters`."""
+        self.unmerge()
         for model in self.models.values():
             remove_slots(model)
-        self.targets = {}
+        self._wrapped, self.targets = [], {}
 
     def fuse(self) -> None:
-        """Merge the active combination for good and remove the slots (to save a merged pipeline)."""
+        """Merge the active combination for good and drop the slots (to save a merged pipeline)."""
         self.merge()
-        for model in self.models.values():
-            remove_slots(model, keep_merged=True)
-        self.targets = {}
+        for _, _, layer in self.layers():
+            layer._original = None  # the merged weight stays; the original is let go
+        self._wrapped, self.targets = [], {}
 
 
 def attach_adapters(pipeline, adapters: Sequence[LoRAAdapter], num_slots: int | None = None) -> AdapterHandle:

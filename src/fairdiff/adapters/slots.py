@@ -42,6 +42,7 @@ class _Plan:
     slots: slice | torch.Tensor  # the slots that are used (a slice when they are contiguous: no copy)
     coef: torch.Tensor  # shared: (k,); gather: (N,) per sample; stacked: (N, k)
     index: torch.Tensor | None = None  # gather: (N,) slot of each sample
+    factors: tuple | None = None  # (versions of A and B, dtype) -> the factors `_factors` computed
 
 
 def _slots(used: list[int], device: torch.device) -> slice | torch.Tensor:
@@ -134,7 +135,9 @@ class LoRASlots(nn.Module):
     def delta_weight(self, weights: torch.Tensor | None = None) -> torch.Tensor:
         """sum_k c_k s_k B_k A_k in fp32, shaped like the base weight."""
         c = (self.weights if weights is None else weights).float() * self.scale  # (K,)
-        delta = torch.einsum("k,kor,kri->oi", c, self.lora_B.float(), self.lora_A.float())  # (out, in)
+        used = c.ne(0).nonzero().flatten()  # slots that contribute (skip the empty ones)
+        A, B = self.lora_A[used].float(), self.lora_B[used].float()  # (k, r, in), (k, out, r)
+        delta = torch.einsum("k,kor,kri->oi", c[used], B, A)  # (out, in)
         return delta.reshape(self.base_layer.weight.shape)
 
     @torch.no_grad()
@@ -197,42 +200,61 @@ class LoRASlots(nn.Module):
             return _Plan("gather", slots, c.sum(1).to(device), index.to(device))
         return _Plan("stacked", slots, c.to(device))
 
+    def _factors(self, plan: _Plan, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(A, B, per-sample coefficients or None) for `plan`, with c_k s_k folded into B where it can be.
+        shared: A (k*r, in), B (out, k*r); gather: A (N, r, in), B (N, out, r); stacked: A (k*r, in),
+        B (out, k*r), coef (N, k*r). Kept with the plan when no gradient is needed, until A or B change."""
+        key = (self.lora_A._version, self.lora_B._version, dtype)
+        grad = torch.is_grad_enabled() and (self.lora_A.requires_grad or self.lora_B.requires_grad)
+        if not grad and plan.factors is not None and plan.factors[0] == key:
+            return plan.factors[1]
+        coef = plan.coef.to(dtype)
+        if plan.kind == "gather":
+            A = self.lora_A[plan.index].to(dtype)  # (N, r, in)
+            B = self.lora_B[plan.index].to(dtype) * coef[:, None, None]  # (N, out, r)
+            factors = (A, B, None)
+        else:
+            A = self.lora_A[plan.slots].to(dtype)  # (k, r, in)
+            B = self.lora_B[plan.slots].to(dtype)  # (k, out, r)
+            k, r = A.shape[0], A.shape[1]
+            if plan.kind == "shared":
+                B, coef = B * coef[:, None, None], None  # fold c_k s_k into B_k: the activations are not touched
+            else:
+                coef = coef.repeat_interleave(r, dim=1)  # (N, k*r)
+            factors = (A.reshape(k * r, -1), B.permute(1, 0, 2).reshape(-1, k * r), coef)
+        if not grad:
+            plan.factors = (key, factors)
+        return factors
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
         plan = self._plan(x.shape[0])
         if plan is None:
             return y
-        if plan.kind == "gather":
-            return y + self._gathered(x, plan)
-        A = self.lora_A[plan.slots].to(x.dtype)  # (k, r, in)
-        B = self.lora_B[plan.slots].to(x.dtype)  # (k, out, r)
-        k, r = A.shape[0], A.shape[1]
-        A = A.reshape(k * r, -1)  # (k*r, in)
-        if plan.kind == "shared":
-            B = B * plan.coef.to(x.dtype)[:, None, None]  # fold c_k s_k into B_k: the activations are not touched
-            coef = None
-        else:
-            coef = plan.coef.to(x.dtype).repeat_interleave(r, dim=1)  # (N, k*r)
-        B = B.permute(1, 0, 2).reshape(-1, k * r)  # (out, k*r)
+        A, B, coef = self._factors(plan, x.dtype)
+        inplace = not torch.is_grad_enabled() and y.is_contiguous()  # fuse the add into the second matmul
         if isinstance(self.base_layer, nn.Conv2d):
             conv = self.base_layer
-            h = F.conv2d(x, A.reshape(k * r, *conv.weight.shape[1:]), None, conv.stride, conv.padding, conv.dilation)
+            h = F.conv2d(
+                x, A.reshape(A.shape[0], *conv.weight.shape[1:]), None, conv.stride, conv.padding, conv.dilation
+            )
             if coef is not None:
                 h = h * coef[:, :, None, None]  # (N, k*r, H', W')
             return y + F.conv2d(h, B[:, :, None, None])
+        if plan.kind == "gather":  # one slot per sample: batched matmuls over the gathered A_i, B_i
+            n = x.shape[0]
+            h = torch.bmm(x.reshape(n, -1, x.shape[-1]), A.transpose(1, 2))  # (N, L, r)
+            if inplace:
+                y.view(n, -1, y.shape[-1]).baddbmm_(h, B.transpose(1, 2))
+                return y
+            return y + torch.bmm(h, B.transpose(1, 2)).reshape(y.shape)  # (N, ..., out)
         h = F.linear(x, A)  # (N, ..., k*r)
         if coef is not None:
-            h = h * coef.reshape(coef.shape[0], *([1] * (x.dim() - 2)), k * r)
+            h = h * coef.reshape(coef.shape[0], *([1] * (x.dim() - 2)), coef.shape[1])
+        if inplace:
+            y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), B.T)
+            return y
         return y + F.linear(h, B)  # (N, ..., out)
-
-    def _gathered(self, x: torch.Tensor, plan: _Plan) -> torch.Tensor:
-        """One slot per sample: gather its A and B, then a batched matmul (a Linear base layer)."""
-        n = x.shape[0]
-        A = self.lora_A[plan.index].to(x.dtype)  # (N, r, in)
-        B = self.lora_B[plan.index].to(x.dtype) * plan.coef.to(x.dtype)[:, None, None]  # (N, out, r)
-        x3 = x.reshape(n, -1, x.shape[-1])  # (N, L, in)
-        h = torch.bmm(x3, A.transpose(1, 2))  # (N, L, r)
-        return torch.bmm(h, B.transpose(1, 2)).reshape(*x.shape[:-1], B.shape[1])  # (N, ..., out)
 
 
 def inject_slots(model: nn.Module, patterns: Iterable[str], num_slots: int, rank: int) -> list[str]:
