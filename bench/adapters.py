@@ -145,6 +145,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "adapters.md")
     args = parser.parse_args()
+    started = time.perf_counter()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     dtype = torch.float16 if args.sd15 else torch.float32
@@ -198,14 +199,18 @@ def main() -> None:
         "PEFT unmerged, 1 adapter": (lambda: theirs.base_model.set_adapter("a0"), lambda: run(theirs)),
         f"PEFT adapter_names, {args.adapters} in one batch": (lambda: None, lambda: run(theirs, adapter_names=names)),
         f"PEFT sequential set_adapter, {args.adapters} adapters": (lambda: None, peft_sequential),
+        "base again (A/A: the noise floor)": (lambda: None, lambda: run(base)),
     }
 
-    # correctness first: the variants compute what they claim
+    # correctness first: the variants compute what they claim (and the adapters do change the output)
+    plain = run(base)
     fairdiff_state("single")()
     single = run(ours)
-    check = {"fairdiff vs PEFT, 1 adapter": float((single - run(theirs)).abs().max())}
+    check = {"adapter effect: fairdiff 1 adapter vs base": float((single - plain).abs().max())}
+    check["fairdiff vs PEFT, 1 adapter"] = float((single - run(theirs)).abs().max())
     fairdiff_state("per-sample")()
     mixed = run(ours)
+    check["adapter effect: fairdiff mixed batch vs 1 adapter"] = float((mixed - single).abs().max())
     check["fairdiff vs PEFT adapter_names, mixed batch"] = float((mixed - run(theirs, adapter_names=names)).abs().max())
     fairdiff_state("merged")()
     check["fairdiff merged vs unmerged"] = float((run(ours) - single).abs().max())
@@ -233,6 +238,7 @@ def main() -> None:
         for d in (torch.float16, torch.bfloat16)
     }
 
+    check["wall time of the whole benchmark, s"] = time.perf_counter() - started
     write_report(
         args, config, device, dtype, times, check, merge_times, restore_times, peft_merge, peft_restore, drifts
     )
@@ -294,7 +300,7 @@ def write_report(
         "",
         "| check (max abs difference of UNet outputs) | value |",
         "|---|---:|",
-        *[f"| {k} | {v:.2e} |" for k, v in check.items()],
+        *[f"| {k} | {v:.3g} |" for k, v in check.items()],
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
