@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+# Busy-waiting OpenMP threads slow tests many times over when another process shares the 2 cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Tests share 2 cores with nothing else; one thread each keeps them deterministic and avoids oversubscription.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

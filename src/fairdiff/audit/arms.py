@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from fairdiff.errors import FairdiffError
@@ -151,13 +152,14 @@ class ArmRuntime:
         """Load every requested adapter and attach them all (one slot each) once."""
         if not self._paths:
             return
-        from fairdiff.adapters.engine import attach_adapters
+        from fairdiff.adapters.engine import AdapterSpec, adapter_record, attach_adapters
         from fairdiff.adapters.formats import load_adapter
-        from fairdiff.models.loading import file_sha256
 
         adapters = [load_adapter(p, allow_pickle=self._allow_pickle[p]) for p in self._paths]
         self.handle = attach_adapters(self.loaded.pipeline, adapters)
-        self.adapter_hashes = {p: file_sha256(p) for p in self._paths}
+        self.adapter_hashes = {
+            p: adapter_record(AdapterSpec(Path(p)), a)["sha256"] for p, a in zip(self._paths, adapters, strict=True)
+        }
 
     def activate(self, arms: Sequence[Arm]) -> None:
         """Per-sample slot weights for a batch whose sample i is drawn by arms[i]."""

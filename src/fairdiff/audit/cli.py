@@ -272,14 +272,13 @@ def report(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Run directory (report.html goes here too)."),
-    n: int = typer.Option(None, "-n", help="Images per prompt and arm (default: a few minutes' worth)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted demo."),
+    n: int = typer.Option(None, "-n", help="Images per prompt and arm (default: each suite's, a few minutes' worth)."),
 ) -> None:
     """The main job on the bundled default: audit the tiny model on the world suites, print, write the report.
 
     Arms: `base` at guidance 1 (the model's learned distribution, to check against the world's truth),
     `guided` at the model's default guidance 3, and `guided-no-revealing` (guidance 3, negative prompt
-    "revealing clothes")."""
+    "revealing clothes"). Run it again on the same --out and it continues (or just re-reports) that run."""
     with expected_errors():
         from fairdiff.audit.runner import AuditConfig
         from fairdiff.models.tiny import DEFAULT_GUIDANCE_SCALE
@@ -301,6 +300,6 @@ def demo(
             images_per_prompt=n,
             batch_size=64,
         )
-        run_and_summarize(cfg, out, resume, "demo audit (tiny model)")
+        run_and_summarize(cfg, out, True, "demo audit (tiny model)")
         path = write_report([out], out / "report.html")
         console.print(f"report: [bold]{path}[/]  (run dir {out}: metrics.json, rows.csv/parquet)")

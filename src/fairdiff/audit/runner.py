@@ -185,7 +185,7 @@ def run_audit(
 ) -> dict:
     """Run (or resume) an audit into `out`; returns the run record (also written to `out/audit.json`)."""
     from fairdiff.detect import build_detector
-    from fairdiff.generate import effective_guidance, run_pipeline
+    from fairdiff.generate import effective_guidance
     from fairdiff.models.loading import load_pipeline
     from fairdiff.provenance import library_versions, machine
 
@@ -224,6 +224,18 @@ def run_audit(
 
     arm_by_name = {a.name: a for a in arms}
     batches = shard_batches(jobs, arm_by_name, cfg, rank, world_size)
+    try:
+        _draw(out, cfg, loaded, detector, runtime, arm_by_name, batches, rank, world_size, on_progress)
+    finally:
+        if runtime.handle is not None:
+            runtime.handle.detach()  # the pipeline is the caller's: give back its original layers
+    return record
+
+
+def _draw(out, cfg, loaded, detector, runtime, arm_by_name, batches, rank, world_size, on_progress) -> None:
+    """Draw, detect and store every batch of this rank that the store does not hold yet."""
+    from fairdiff.generate import run_pipeline
+
     with Store(store_path(out, rank, world_size)) as store:
         done = store.done_keys()
         todo = [(k, [j for j in b if j.key not in done]) for k, b in batches]
@@ -273,6 +285,3 @@ def run_audit(
             finished += len(batch)
             if on_progress:
                 on_progress(finished, total)
-    if runtime.handle is not None:
-        runtime.handle.set_per_sample(None)
-    return record
