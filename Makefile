@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/fairdiff generate --model tiny --prompt "a photo of the face of a doctor" -n 16 --seed 0 --out out/demo
+	$(BIN)/fairdiff demo --out out/demo
 
 test: setup
 	$(BIN)/ruff check src tests bench
@@ -28,6 +28,7 @@ format: setup
 
 bench: setup
 	$(BIN)/python bench/render_throughput.py
+	$(BIN)/python bench/audit_overhead.py
 
 bench-adapters: setup
 	nice -n 10 $(BIN)/python bench/adapters.py

@@ -474,10 +474,12 @@ def _print_metrics(result, max_prompts: int) -> None:
     console.print(table)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
-
 # Commands owned by subsystems register themselves on `app` when imported.
 from fairdiff.adapters import cli as _adapters_cli  # noqa: E402,F401
 from fairdiff.audit import cli as _audit_cli  # noqa: E402,F401
+
+if __name__ == "__main__":  # pragma: no cover
+    # `python -m fairdiff.cli`: run the imported module's app, the one the subsystems registered on
+    from fairdiff.cli import app as _registered_app
+
+    _registered_app()

@@ -1,0 +1,5 @@
+"""`python -m fairdiff` runs the CLI."""
+
+from fairdiff.cli import app
+
+app()
