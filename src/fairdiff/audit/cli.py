@@ -257,15 +257,17 @@ def report(
     run_dirs: list[Path] = typer.Argument(..., help="One or more audit run directories."),
     out: Path = typer.Option(Path("out/report.html"), "--out", "-o", help="HTML file to write."),
     csv: Path = typer.Option(None, "--csv", help="Also write per-image rows and metrics as CSV + Parquet here."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for metric CIs."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
 ) -> None:
     """Write one self-contained HTML report (tables, charts, image grids, configs) for audit runs."""
     with expected_errors():
-        from fairdiff.report import export_tables, write_report
+        from fairdiff.report import export_runs, load_runs, render_report
 
-        path = write_report(run_dirs, out)
-        console.print(f"wrote {path}")
+        runs = load_runs(run_dirs, n_boot=n_boot, seed=seed)
+        console.print(f"wrote {render_report(runs, out)}")
         if csv is not None:
-            for p in export_tables(run_dirs, csv):
+            for p in export_runs(runs, csv):
                 console.print(f"wrote {p}")
 
 
