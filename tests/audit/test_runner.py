@@ -167,3 +167,43 @@ def test_two_ranks_shard_then_merge_equals_one_process(tmp_path, tiny, one_threa
     _run(_cfg(**CLI_CFG), tmp_path / "single", tiny)
     assert _sig(out) == _sig(tmp_path / "single")
     assert (out / "audit.json").is_file()
+
+
+def test_disk_full_mid_batch_is_one_clear_error_and_the_store_stays_intact(tmp_path, tiny, monkeypatch):
+    import errno
+
+    import fairdiff.audit.runner as runner
+
+    real, writes = runner._write_atomic, []
+
+    def failing(path, data):
+        writes.append(path)
+        if len(writes) == 7:  # inside the second batch of 4
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(runner, "_write_atomic", failing)
+    out = tmp_path / "run"
+    with pytest.raises(FairdiffError, match="No space left on device.*rerun with --resume"):
+        _run(_cfg(), out, tiny)
+    with Store(out / STORE_NAME) as s:
+        assert s.count() == 4  # the first batch, whole; nothing of the failed one
+        assert s.db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    monkeypatch.setattr(runner, "_write_atomic", real)
+    _run(_cfg(), out, tiny, resume=True)
+    assert len(_sig(out)) == 12
+
+
+def test_a_detector_without_the_suites_outcome_is_refused(tmp_path, tiny):
+    loaded, detector = tiny
+
+    class GenderOnly(type(detector)):
+        outcomes = {}
+
+        def __init__(self):
+            self.classes, self.accuracy, self.name = {"gender": ["man", "woman"]}, {}, "gender-only"
+
+    with pytest.raises(FairdiffError, match="measures the outcome 'revealing'; detector gender-only gives none"):
+        run_audit(_cfg(suites=["world-avatars"]), tmp_path / "a", loaded=loaded, detector=GenderOnly())
+    with pytest.raises(FairdiffError, match="measures skin, age; detector gender-only detects gender"):
+        run_audit(_cfg(), tmp_path / "b", loaded=loaded, detector=GenderOnly())

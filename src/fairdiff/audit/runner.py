@@ -175,6 +175,23 @@ def check_audit(cfg: AuditConfig) -> tuple[list[Arm], list[Suite]]:
     return arms, suites
 
 
+def check_detector_fits(detector, suites: list[Suite]) -> None:
+    """Every outcome a suite asks for is one the detector gives; every measured attribute is detected."""
+    for suite in suites:
+        if suite.kind == "outcome" and suite.outcome not in detector.outcomes:
+            have = ", ".join(detector.outcomes) or "none"
+            raise FairdiffError(
+                f"suite {suite.name} measures the outcome {suite.outcome!r}; detector {detector.name} gives {have} "
+                f"(the world detector and nudenet give 'revealing')"
+            )
+        missing = [a for a in suite.measure if a not in detector.classes]
+        if missing:
+            raise FairdiffError(
+                f"suite {suite.name} measures {', '.join(missing)}; detector {detector.name} detects "
+                f"{', '.join(detector.classes)}"
+            )
+
+
 def run_audit(
     cfg: AuditConfig,
     out: Path,
@@ -195,6 +212,7 @@ def run_audit(
 
     loaded = loaded or load_pipeline(cfg.model, device=cfg.device, dtype=cfg.dtype)
     detector = detector or build_detector(cfg.detector, **cfg.detector_options)
+    check_detector_fits(detector, suites)
     runtime = ArmRuntime(loaded)
     for arm in arms:
         arm.setup(runtime)
@@ -264,7 +282,13 @@ def _draw(out, cfg, loaded, detector, runtime, arm_by_name, batches, rank, world
                 rel = Path("images") / job.suite / job.prompt_id / job.arm / f"{job.seed:06d}.png"
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 data = _png_bytes(img)
-                _write_atomic(out / rel, data)
+                try:
+                    _write_atomic(out / rel, data)
+                except OSError as exc:  # disk full, quota, permissions: nothing of this batch is committed
+                    raise FairdiffError(
+                        f"could not write {out / rel} ({exc.strerror or exc}); the store holds every batch "
+                        f"before this one intact: free space, then rerun with --resume"
+                    ) from None
                 rows.append(
                     ImageRow(
                         job_key=job.key,

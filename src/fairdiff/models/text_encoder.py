@@ -30,11 +30,14 @@ def load_minilm(dtype: torch.dtype = torch.float32):
 
     path = minilm_dir()
     bars = transformers_logging.is_progress_bar_enabled()
+    verbosity = transformers_logging.get_verbosity()
     transformers_logging.disable_progress_bar()  # a local load of 90 MB needs no bar
+    transformers_logging.set_verbosity_error()  # nor a load report on the pooler weights we leave out
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = BertModel.from_pretrained(path, dtype=dtype, add_pooling_layer=False)
     finally:
+        transformers_logging.set_verbosity(verbosity)
         if bars:
             transformers_logging.enable_progress_bar()
     model.eval().requires_grad_(False)
