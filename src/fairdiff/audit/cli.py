@@ -198,7 +198,9 @@ def audit(
     arms_file: Path = typer.Option(None, "--arms", help="YAML list of arm specs (kind, name, ...)."),
     no_base: bool = typer.Option(False, "--no-base", help="Leave out the base arm."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled adapter files (unsafe)."),
-    detector: str = typer.Option("world", "--detector", "-d", help="world, clip or nudenet."),
+    detector: str = typer.Option(
+        "world", "--detector", "-d", help="world, clip, nudenet, or several joined by + (clip+nudenet)."
+    ),
     n: int = typer.Option(None, "--images-per-prompt", "-n", help="Images per prompt and arm (default: the suite's)."),
     max_prompts: int = typer.Option(None, "--max-prompts", help="Only the first N prompts of each suite."),
     seed: int = typer.Option(0, "--seed", help="Image i of every prompt and arm uses seed SEED+i."),
