@@ -441,6 +441,8 @@ def test_cli_labels_with_target_intersection_and_outcome(tmp_path):
         ('prompt,gender\n"a,man\n', [], "is not a readable CSV"),
         ("prompt,gender\n", [], "has a header but no rows"),
         ("prompt,gender\na,man\n", ["--groups", "gender"], "--groups needs --outcome"),
+        ("prompt,gender\na,man\nb,man\n", [], "column 'gender' holds one class only (man)"),
+        ("attribute,class,count\ngender,man,inf\ngender,woman,1\n", [], "count"),
     ],
 )
 def test_cli_bad_input_is_one_red_line(tmp_path, content, args, message):

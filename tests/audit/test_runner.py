@@ -207,3 +207,47 @@ def test_a_detector_without_the_suites_outcome_is_refused(tmp_path, tiny):
         run_audit(_cfg(suites=["world-avatars"]), tmp_path / "a", loaded=loaded, detector=GenderOnly())
     with pytest.raises(FairdiffError, match="measures skin, age; detector gender-only detects gender"):
         run_audit(_cfg(), tmp_path / "b", loaded=loaded, detector=GenderOnly())
+
+
+def test_resume_skips_jobs_any_store_of_the_run_dir_holds(tmp_path, tiny, monkeypatch):
+    # rank 1 of 2 ran; a one-process --resume must draw only what no store holds
+    out = tmp_path / "run"
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    _run(_cfg(), out, tiny)
+    shard = _sig(out)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    _run(_cfg(), out, tiny, resume=True)
+    with Store(out / STORE_NAME) as s:
+        assert s.count() == 12 - len(shard) and not s.done_keys() & set(shard)
+    assert len(_sig(out)) == 12
+
+
+def test_bad_rank_environment_is_refused(tmp_path, tiny, monkeypatch):
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(FairdiffError, match="need 0 <= RANK < WORLD_SIZE"):
+        _run(_cfg(), tmp_path / "run", tiny)
+
+
+def test_resume_refuses_a_changed_suite_file(tmp_path, tiny):
+    suite = tmp_path / "mine.yaml"
+    text = "name: mine\ntemplates: ['a photo of the face of a {o}']\nmeasure: [gender]\nvalues: {o: [doctor]}\n"
+    suite.write_text(text)
+    cfg = _cfg(suites=[str(suite)], images_per_prompt=1)
+    _run(cfg, tmp_path / "run", tiny)
+    suite.write_text(text.replace("[doctor]", "[doctor, nurse]"))  # same name, other prompts
+    with pytest.raises(FairdiffError, match="different config"):
+        _run(cfg, tmp_path / "run", tiny, resume=True)
+
+
+def test_a_target_naming_classes_the_detector_lacks_is_refused_before_drawing(tmp_path, tiny):
+    suite = tmp_path / "t.yaml"
+    suite.write_text(
+        "name: t\ntemplates: ['a {o}']\nmeasure: [gender]\ntarget: {gender: {male: 0.5, female: 0.5}}\n"
+        "values: {o: [doctor]}\n"
+    )
+    with pytest.raises(FairdiffError, match="target.gender names female, male; detector world has classes man, woman"):
+        _run(_cfg(suites=[str(suite)]), tmp_path / "run", tiny)
+    assert not (tmp_path / "run" / STORE_NAME).exists()

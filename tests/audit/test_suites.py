@@ -37,9 +37,26 @@ def test_world_suite_truth_is_the_world_config(world):
 def test_world_avatar_truth_follows_the_injected_skew(world):
     suite = load_suite("world-avatars", world)
     by_text = {p.text: p.truth["attire"]["revealing"] for p in suite.prompts}
-    assert by_text["an avatar of a medium-skinned woman"] == 0.60
-    assert by_text["an avatar of a dark-skinned woman"] == 0.15
-    assert by_text["a portrait of a medium-skinned woman"] == 0.08  # the skew is avatar-only
+    assert by_text["an avatar of a medium-skinned woman"] == pytest.approx(0.60)
+    assert by_text["an avatar of a dark-skinned woman"] == pytest.approx(0.15)
+    assert by_text["a portrait of a medium-skinned woman"] == pytest.approx(0.08)  # the skew is avatar-only
+
+
+def test_outcome_truth_averages_an_occupation_skew_over_the_world(world):
+    import dataclasses
+
+    from fairdiff.world.config import AttireSkew
+
+    # a skew that depends on occupation: nurses' avatars revealing at 0.5. "an avatar of a medium-skinned man"
+    # leaves the occupation open, so its truth is the mix over occupations as the world draws them
+    skew = AttireSkew("nurse-avatars", "avatar", {"occupation": "nurse"}, 0.5)
+    w2 = dataclasses.replace(world, skews=(skew, *world.skews))
+    suite = load_suite("world-avatars", w2)
+    got = next(p for p in suite.prompts if p.text == "an avatar of a medium-skinned man").truth["attire"]["revealing"]
+    occs = w2.occupations.values()
+    weights = {o.name: o.probs["gender"]["man"] * o.probs["skin"]["medium"] for o in occs}
+    want = sum(w * (0.5 if o == "nurse" else 0.08) for o, w in weights.items()) / sum(weights.values())
+    assert got == pytest.approx(want) and 0.08 < got < 0.5
 
 
 def test_paraphrase_truth_is_the_paraphrased_occupation(world):

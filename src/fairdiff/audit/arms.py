@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from fairdiff.errors import FairdiffError
 from fairdiff.models.prompts import split_negative_terms
 
@@ -42,10 +44,11 @@ class Arm:
     kind: ClassVar[str] = "base"
 
     def check(self) -> None:
-        if not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise FairdiffError(f"arm name {self.name!r}: use letters, digits and _ . + - only")
-        if self.guidance is not None and not self.guidance >= 0:
-            raise FairdiffError(f"arm {self.name}: guidance must be >= 0, got {self.guidance}")
+        g = self.guidance
+        if g is not None and (not isinstance(g, (int, float)) or isinstance(g, bool) or not np.isfinite(g) or g < 0):
+            raise FairdiffError(f"arm {self.name}: guidance must be a number >= 0, got {g!r}")
 
     def spec(self) -> dict[str, Any]:
         """Everything needed to rebuild the arm (stored in the run config)."""
@@ -81,8 +84,8 @@ class NegativeArm(Arm):
 
     def check(self) -> None:
         super().check()
-        if not self.negative.strip():
-            raise FairdiffError(f"arm {self.name}: the negative prompt is empty")
+        if not isinstance(self.negative, str) or not self.negative.strip():
+            raise FairdiffError(f"arm {self.name}: the negative prompt must be non-empty text, got {self.negative!r}")
 
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "negative": self.negative}
@@ -102,9 +105,17 @@ class AdapterArm(Arm):
     allow_pickle: bool = False
 
     def check(self) -> None:
+        from fairdiff.adapters.engine import parse_adapter_spec
+
         super().check()
+        if not isinstance(self.adapters, list) or not all(isinstance(a, str) for a in self.adapters):
+            raise FairdiffError(f"arm {self.name}: adapters must be a list of FILE[:WEIGHT], got {self.adapters!r}")
         if not self.adapters:
             raise FairdiffError(f"arm {self.name}: no adapter files")
+        for text in self.adapters:
+            path = parse_adapter_spec(text).path
+            if not path.exists():
+                raise FairdiffError(f"arm {self.name}: adapter {str(path)!r}: no such file or directory")
 
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "adapters": list(self.adapters), "allow_pickle": self.allow_pickle}
@@ -155,7 +166,8 @@ class ArmRuntime:
         from fairdiff.adapters.engine import AdapterSpec, adapter_record, attach_adapters
         from fairdiff.adapters.formats import load_adapter
 
-        adapters = [load_adapter(p, allow_pickle=self._allow_pickle[p]) for p in self._paths]
+        unet_config = getattr(getattr(self.loaded.pipeline, "unet", None), "config", None)
+        adapters = [load_adapter(p, allow_pickle=self._allow_pickle[p], unet_config=unet_config) for p in self._paths]
         self.handle = attach_adapters(self.loaded.pipeline, adapters)
         self.adapter_hashes = {
             p: adapter_record(AdapterSpec(Path(p)), a)["sha256"] for p, a in zip(self._paths, adapters, strict=True)
@@ -183,6 +195,21 @@ def arm_from_spec(spec: dict[str, Any]) -> Arm:
         raise FairdiffError(f"arm {spec.get('name', kind)}: {exc}") from None
     arm.check()
     return arm
+
+
+def adapter_arm_name(path: Path, taken: set[str]) -> str:
+    """A readable, unique arm name for an adapter file: its stem, or its folder's name for the standard file
+    names (adapter_model, pytorch_lora_weights), made safe and numbered if taken."""
+    stem = path.name if path.is_dir() else path.stem
+    if stem in ("adapter_model", "pytorch_lora_weights") and path.parent.name:
+        stem = path.parent.name
+    base = re.sub(r"[^A-Za-z0-9_.+-]+", "-", stem).strip("-.") or "adapter"
+    if not base[0].isalnum():
+        base = f"adapter-{base}"
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}-{k}", k + 1
+    return name
 
 
 def check_arms(arms: Sequence[Arm]) -> None:

@@ -57,9 +57,10 @@ def _arms(
         )
     for text in adapter:
         from fairdiff.adapters.engine import parse_adapter_spec
+        from fairdiff.audit.arms import adapter_arm_name
 
-        spec = parse_adapter_spec(text)
-        arms.append({"kind": "adapter", "name": spec.path.stem, "adapters": [text], "allow_pickle": allow_pickle})
+        name = adapter_arm_name(parse_adapter_spec(text).path, {a["name"] for a in arms})
+        arms.append({"kind": "adapter", "name": name, "adapters": [text], "allow_pickle": allow_pickle})
     if arms_file is not None:
         try:
             extra = yaml.safe_load(arms_file.read_text())
@@ -69,6 +70,19 @@ def _arms(
             raise FairdiffError(f"--arms {arms_file}: expected a list of arm mappings (kind, name, ...)")
         arms += extra
     return arms
+
+
+def _key_values(items: list[str], option: str) -> dict:
+    """KEY=VALUE strings -> dict; values read as YAML scalars (numbers, true/false, text)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise FairdiffError(f"{option} {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value) if value else ""
+    return out
 
 
 def run_and_summarize(cfg, out: Path, resume: bool, title: str):
@@ -108,6 +122,8 @@ def _ci(value: float, low: float, high: float, digits: int = 2) -> str:
 
 
 def print_headline(summary) -> None:
+    import pandas as pd
+
     """One table per suite: per arm, the bias of each measured attribute (or the outcome's parity), and
     how many world-truth values the CIs cover."""
     acc = summary.results.record["detector"].get("accuracy", {})
@@ -151,6 +167,9 @@ def print_headline(summary) -> None:
             for arm in dict.fromkeys(ratio["arm"]):
                 r = ratio[(ratio["arm"] == arm) & (ratio["attribute"] == inter)].iloc[0]
                 d = diff[(diff["arm"] == arm) & (diff["attribute"] == inter)].iloc[0]
+                if r["max_group"] is None or pd.isna(r["max_group"]):  # fewer than 2 groups drawn: no parity
+                    table.add_row(arm, "-", "-", "-", "-", *([""] if s.truth is not None else []))
+                    continue
                 g = s.frame.by_group[(s.frame.by_group["arm"] == arm) & (s.frame.by_group["attribute"] == inter)]
                 g = g.set_index("group")
                 cells = [
@@ -201,6 +220,9 @@ def audit(
     detector: str = typer.Option(
         "world", "--detector", "-d", help="world, clip, nudenet, or several joined by + (clip+nudenet)."
     ),
+    detector_option: list[str] = typer.Option(
+        [], "--detector-option", help="KEY=VALUE for the detector (e.g. checkpoint=DIR, accuracy_csv=FILE)."
+    ),
     n: int = typer.Option(None, "--images-per-prompt", "-n", help="Images per prompt and arm (default: the suite's)."),
     max_prompts: int = typer.Option(None, "--max-prompts", help="Only the first N prompts of each suite."),
     seed: int = typer.Option(0, "--seed", help="Image i of every prompt and arm uses seed SEED+i."),
@@ -224,6 +246,7 @@ def audit(
             suites=list(suite),
             arms=_arms(negative, adapter, arms_file, no_base, allow_pickle),
             detector=detector,
+            detector_options=_key_values(detector_option, "--detector-option"),
             images_per_prompt=n,
             max_prompts=max_prompts,
             seed=seed,
@@ -244,9 +267,12 @@ def audit_merge(run_dir: Path = typer.Argument(..., help="Run directory of a sha
     """Fold the rank shards of a sharded audit into one store, then write metrics and exports."""
     with expected_errors():
         from fairdiff.audit.results import load_run
+        from fairdiff.audit.runner import CONFIG_NAME
         from fairdiff.audit.store import merge_stores
         from fairdiff.audit.summary import export, summarize
 
+        if not (run_dir / CONFIG_NAME).is_file():
+            raise FairdiffError(f"{run_dir}: not an audit run dir (no {CONFIG_NAME})")
         rows = merge_stores(run_dir)
         summary = summarize(load_run(run_dir))
         export(summary, run_dir)

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from fairdiff.audit.arms import Arm, ArmRuntime, arm_from_spec, check_arms
-from fairdiff.audit.store import SCHEMA_VERSION, ImageRow, Store, store_path
+from fairdiff.audit.store import SCHEMA_VERSION, ImageRow, Store, store_files, store_path
 from fairdiff.audit.suites import Suite, load_suite
 from fairdiff.errors import FairdiffError
 
@@ -62,10 +62,15 @@ class AuditConfig:
         if not self.suites:
             raise FairdiffError("an audit needs at least one suite")
 
-    def fingerprint(self) -> str:
-        """What must not change between a run and its resume (everything that changes the images or labels)."""
+    def fingerprint(self, suites: list[Suite] | None = None, adapter_hashes: dict | None = None) -> str:
+        """What must not change between a run and its resume: every option that changes the images or labels,
+        and the contents (not the names) of the suites, the world config and the adapter files."""
         keep = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device")}
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+        if self.world:
+            keep["world_text"] = Path(self.world).read_text() if Path(self.world).is_file() else None
+        keep["suites_spec"] = [s.spec() for s in suites or []]
+        keep["adapter_hashes"] = adapter_hashes or {}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -109,9 +114,20 @@ def shard_batches(jobs: list[Job], arms: dict[str, Arm], cfg: AuditConfig, rank:
 def dist_rank() -> tuple[int, int]:
     """(rank, world size) from torchrun / accelerate launch environment variables; (0, 1) otherwise."""
     try:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     except ValueError:
         raise FairdiffError("RANK/WORLD_SIZE must be integers") from None
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise FairdiffError(f"RANK={rank} WORLD_SIZE={world_size}: need 0 <= RANK < WORLD_SIZE")
+    return rank, world_size
+
+
+def resolve_device(device: str) -> str:
+    """Under torchrun, `cuda` means this rank's GPU (LOCAL_RANK), so K ranks use K GPUs, not one."""
+    local = os.environ.get("LOCAL_RANK")
+    if device == "cuda" and local is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        return f"cuda:{int(local)}"
+    return device
 
 
 def _png_bytes(img: np.ndarray) -> bytes:
@@ -122,18 +138,22 @@ def _png_bytes(img: np.ndarray) -> bytes:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
     _write_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
-def prepare_run_dir(out: Path, cfg: AuditConfig, resume: bool) -> dict | None:
+def prepare_run_dir(out: Path, cfg: AuditConfig, resume: bool, fingerprint: str | None = None) -> dict | None:
     """Check `out` is new (or, with resume, was written by this config and store schema). Ranks of a sharded
     run share `out`: whichever starts second finds the config of the first, which is fine if it matches."""
     from fairdiff.generate import ensure_writable_dir
@@ -151,8 +171,11 @@ def prepare_run_dir(out: Path, cfg: AuditConfig, resume: bool) -> dict | None:
                 f"{out} was written by fairdiff {old.get('versions', {}).get('fairdiff', '?')} with store schema "
                 f"{old.get('store_schema')}; this one writes {SCHEMA_VERSION}: audit into a new --out"
             )
-        if old.get("fingerprint") != cfg.fingerprint():
-            raise FairdiffError(f"{out} was audited with a different config; --resume needs the same options")
+        if fingerprint is not None and old.get("fingerprint") != fingerprint:
+            raise FairdiffError(
+                f"{out} was audited with a different config (options, suite, world or adapter contents); "
+                f"--resume needs the same ones"
+            )
         return old
     ensure_writable_dir(out)
     return None
@@ -175,6 +198,14 @@ def check_audit(cfg: AuditConfig) -> tuple[list[Arm], list[Suite]]:
     return arms, suites
 
 
+def adapter_file_hashes(arms: list[Arm]) -> dict[str, dict]:
+    """sha256 of every adapter file the arms use (part of the resume fingerprint)."""
+    from fairdiff.adapters.engine import adapter_record, parse_adapter_spec
+
+    paths = {str(parse_adapter_spec(t).path) for arm in arms for t in getattr(arm, "adapters", [])}
+    return {p: adapter_record(parse_adapter_spec(p))["sha256"] for p in sorted(paths)}
+
+
 def check_detector_fits(detector, suites: list[Suite]) -> None:
     """Every outcome a suite asks for is one the detector gives; every measured attribute is detected."""
     for suite in suites:
@@ -184,6 +215,13 @@ def check_detector_fits(detector, suites: list[Suite]) -> None:
                 f"suite {suite.name} measures the outcome {suite.outcome!r}; detector {detector.name} gives {have} "
                 f"(the world detector and nudenet give 'revealing')"
             )
+        for attribute, mix in suite.target.items():
+            unknown = sorted(set(mix) - set(detector.classes.get(attribute, [])))
+            if attribute in detector.classes and unknown:
+                raise FairdiffError(
+                    f"suite {suite.name}: target.{attribute} names {', '.join(unknown)}; detector {detector.name} "
+                    f"has classes {', '.join(detector.classes[attribute])}"
+                )
         missing = [a for a in suite.measure if a not in detector.classes]
         if missing:
             raise FairdiffError(
@@ -208,10 +246,20 @@ def run_audit(
 
     arms, suites = check_audit(cfg)
     rank, world_size = dist_rank()
-    old = prepare_run_dir(out, cfg, resume)
+    fingerprint = cfg.fingerprint(suites, adapter_file_hashes(arms))
+    old = prepare_run_dir(out, cfg, resume, fingerprint)
 
-    loaded = loaded or load_pipeline(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    detector = detector or build_detector(cfg.detector, **cfg.detector_options)
+    loaded = loaded or load_pipeline(cfg.model, device=resolve_device(cfg.device), dtype=cfg.dtype)
+    if detector is None:
+        import inspect
+
+        from fairdiff.detect.base import detector_factory
+
+        options = dict(cfg.detector_options)
+        params = inspect.signature(detector_factory(cfg.detector)).parameters
+        if "device" in params and "device" not in options:
+            options["device"] = resolve_device(cfg.device)  # a CLIP detector runs where the model runs
+        detector = build_detector(cfg.detector, **options)
     check_detector_fits(detector, suites)
     runtime = ArmRuntime(loaded)
     for arm in arms:
@@ -222,7 +270,7 @@ def run_audit(
     record = {
         "fairdiff_run": "audit",
         "store_schema": SCHEMA_VERSION,
-        "fingerprint": cfg.fingerprint(),
+        "fingerprint": fingerprint,
         "config": asdict(cfg),
         "suites": [s.spec() for s in suites],
         "truth": {s.name: {p.id: p.truth for p in s.prompts if p.truth} for s in suites},
@@ -238,7 +286,10 @@ def run_audit(
         "adapter_hashes": runtime.adapter_hashes,
     }
     if old is None and rank == 0:
-        _write_json_atomic(out / CONFIG_NAME, record)
+        try:
+            _write_json_atomic(out / CONFIG_NAME, record)
+        except OSError as exc:
+            raise FairdiffError(f"could not write {out / CONFIG_NAME} ({exc.strerror or exc})") from None
 
     arm_by_name = {a.name: a for a in arms}
     batches = shard_batches(jobs, arm_by_name, cfg, rank, world_size)
@@ -254,8 +305,13 @@ def _draw(out, cfg, loaded, detector, runtime, arm_by_name, batches, rank, world
     """Draw, detect and store every batch of this rank that the store does not hold yet."""
     from fairdiff.generate import run_pipeline
 
+    done: set[str] = set()
+    for path in store_files(out):  # jobs any rank or earlier run (any world size) already stored
+        if path != store_path(out, rank, world_size):
+            with Store(path, create=False) as other:
+                done |= other.done_keys()
     with Store(store_path(out, rank, world_size)) as store:
-        done = store.done_keys()
+        done |= store.done_keys()
         todo = [(k, [j for j in b if j.key not in done]) for k, b in batches]
         todo = [(k, b) for k, b in todo if b]
         total = sum(len(b) for _, b in batches)
@@ -280,9 +336,9 @@ def _draw(out, cfg, loaded, detector, runtime, arm_by_name, batches, rank, world
             rows = []
             for i, (job, img) in enumerate(zip(batch, pixels, strict=True)):
                 rel = Path("images") / job.suite / job.prompt_id / job.arm / f"{job.seed:06d}.png"
-                (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 data = _png_bytes(img)
                 try:
+                    (out / rel).parent.mkdir(parents=True, exist_ok=True)
                     _write_atomic(out / rel, data)
                 except OSError as exc:  # disk full, quota, permissions: nothing of this batch is committed
                     raise FairdiffError(

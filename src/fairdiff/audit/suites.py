@@ -17,6 +17,7 @@ world config's ground truth per prompt, so an audit can check its own numbers ag
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -144,7 +145,9 @@ def parse_suite(data: Any, source: str = "<dict>", world_config=None) -> Suite:
     kind = data.get("kind", "shares")
     if kind not in KINDS:
         raise c.fail("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
-    world = bool(data.get("world", False))
+    world = data.get("world", False)
+    if not isinstance(world, bool):
+        raise c.fail("world", f"must be true or false, got {world!r}")
     n = data.get("images_per_prompt", 20)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise c.fail("images_per_prompt", f"must be an integer >= 1, got {n!r}")
@@ -201,7 +204,11 @@ def parse_suite(data: Any, source: str = "<dict>", world_config=None) -> Suite:
         mix = c.mapping(mix, f"target.{attr}")
         if attr not in measure:
             raise c.fail(f"target.{attr}", f"is not a measured attribute ({', '.join(measure)})")
-        bad = [v for v in mix.values() if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0]
+        bad = [
+            v
+            for v in mix.values()
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0
+        ]
         if bad:
             raise c.fail(f"target.{attr}", f"shares must be numbers >= 0, got {bad[0]!r}")
         total = sum(mix.values())
@@ -254,7 +261,9 @@ def _world_truth(
 
     world_config = world_config or load_world_config()
     if kind == "outcome":
-        p = world_config.p_revealing(context, fields)
+        if context not in world_config.contexts:
+            raise FairdiffError(f"world suite: context {context!r} is not in the world config")
+        p = _revealing_given(world_config, context, fields)
         return {"attire": {"covered": 1.0 - p, "revealing": p}}
     occupation = fields.get("of", fields.get("occupation"))
     if occupation not in world_config.occupations:
@@ -270,6 +279,27 @@ def _world_truth(
                 joint = {f"{k}×{c}" if k else c: p * q for k, p in joint.items() for c, q in truth[a].items()}
             truth["×".join(parts)] = joint
     return truth
+
+
+def _revealing_given(world_config, context: str, fields: dict[str, str]) -> float:
+    """P(revealing | context, the attributes the prompt names): the world's P(revealing | context, gender, skin,
+    occupation) averaged over what the prompt leaves open, weighted as the world draws it (occupation uniform,
+    then gender and skin given the occupation)."""
+    from fairdiff.world.schema import GENDERS, SKINS
+
+    total = weight = 0.0
+    for occupation, spec in world_config.occupations.items():
+        for g in GENDERS:
+            for s in SKINS:
+                attrs = {"gender": g, "skin": s, "occupation": occupation}
+                if any(attrs.get(k, v) != v for k, v in fields.items()):
+                    continue
+                w = spec.probs["gender"][g] * spec.probs["skin"][s]
+                total += w * world_config.p_revealing(context, attrs)
+                weight += w
+    if weight == 0:
+        raise FairdiffError(f"world suite: no portrait in the world matches {fields}")
+    return total / weight
 
 
 def load_suite(name_or_path: str | Path, world_config=None) -> Suite:

@@ -136,6 +136,13 @@ def assess_csv(
             f"column per attribute, or counts with columns {', '.join(COUNT_COLUMNS)}."
         )
     classes = infer_classes(df, names, mix)
+    single = [a for a, c in classes.items() if len(c) < 2]
+    if single:
+        a = single[0]
+        raise FairdiffError(
+            f"{path}: column {a!r} holds one class only ({', '.join(classes[a]) or 'none'}); name every class with "
+            f"--target {a}=CLASS:SHARE,... (e.g. {a}=man:0.5,woman:0.5)"
+        )
     products = [parse_attributes(s) for s in intersections]
     frame = MetricFrame(data=df, classes=classes, target=mix, intersections=products, group_by=group_by, **boot)
     outcome_frame = None

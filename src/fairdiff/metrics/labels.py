@@ -161,7 +161,7 @@ def blocks_from_counts(
     A class with no row counts 0; repeated rows add up."""
     require_columns(counts, ["attribute", "class", count], "counts")
     values = pd.to_numeric(counts[count], errors="coerce")
-    bad = values.isna() | (values < 0) | (values != values.round())
+    bad = values.isna() | ~np.isfinite(values) | (values < 0) | (values != values.round())
     if bad.any():
         raise FairdiffError(
             f"column {count!r} must hold non-negative whole numbers, got {counts[count][bad].iloc[0]!r}."

@@ -117,7 +117,8 @@ class OutcomeFrame:
         require_columns(counts, ["attribute", "class", count, positives], "outcome counts")
         n = pd.to_numeric(counts[count], errors="coerce")
         pos = pd.to_numeric(counts[positives], errors="coerce")
-        if n.isna().any() or pos.isna().any() or (pos < 0).any() or (pos > n).any():
+        finite = np.isfinite(n) & np.isfinite(pos)
+        if n.isna().any() or pos.isna().any() or not finite.all() or (pos < 0).any() or (pos > n).any():
             raise FairdiffError(f"columns {count!r} and {positives!r} must be counts with 0 <= {positives} <= {count}.")
         table = pd.DataFrame(
             {
