@@ -10,12 +10,13 @@ a calibrated probability. Outcome: `{"revealing": "attire=revealing"}`, as for t
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from fairdiff.detect.base import Detector, register_detector
+from fairdiff.detect.labelled import LabelledAccuracy
 from fairdiff.errors import FairdiffError
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ INSTALL_HINT = "pip install 'fairdiff[nsfw]'"
 
 
 @register_detector("nudenet")
-class NudeNetDetector(Detector):
+class NudeNetDetector(LabelledAccuracy, Detector):
     """NudeNet body-part detections -> attire (covered, revealing) per image.
 
     Options: `revealing_classes` (NudeNet classes whose highest score is P(revealing)), `model_path` and
@@ -120,24 +121,6 @@ class NudeNetDetector(Detector):
         ).reshape(-1)  # (N,)
         p = np.clip(p, 0.0, 1.0)
         return {"attire": np.stack([1.0 - p, p], axis=1)}  # (N, 2)
-
-    def measure_accuracy(self, paths: Sequence[str | Path], labels: Mapping[str, Sequence[str | None]]) -> dict:
-        """Top-1 accuracy of `attire` on labelled image files ({"attire": ["covered"/"revealing"/"" per path]})."""
-        from fairdiff.detect.clip import labelled_accuracy
-
-        on = f"{len(paths)} labelled images"
-        measured = labelled_accuracy(self._predict_list, self.classes, paths, labels, on, self.batch_size)
-        self.accuracy.update(measured)
-        return measured
-
-    def measure_accuracy_csv(self, csv_path: str | Path) -> dict:
-        """`measure_accuracy` on a CSV with a `path` and an `attire` column."""
-        from fairdiff.detect.clip import labelled_accuracy, read_labelled_csv
-
-        paths, labels = read_labelled_csv(csv_path, list(self.classes))
-        measured = labelled_accuracy(self._predict_list, self.classes, paths, labels, str(csv_path), self.batch_size)
-        self.accuracy.update(measured)
-        return measured
 
     def describe(self) -> dict:
         import importlib.metadata
