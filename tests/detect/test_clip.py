@@ -12,35 +12,9 @@ from PIL import Image
 from fairdiff.detect import build_detector
 from fairdiff.detect.clip import DEFAULT_TEMPLATES, ClipZeroShotDetector, load_templates
 from fairdiff.errors import FairdiffError
+from fairdiff.models.random_pipelines import save_tiny_clip
 
 PROJECTION_DIM = 16
-
-
-def save_tiny_clip(directory, seed: int = 0) -> None:
-    """A random CLIP (32-dim, 2 layers, 32x32 images, patch 8) + byte-level tokenizer + image processor."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from fairdiff.models.random_pipelines import byte_level_clip_tokenizer
-
-    tokenizer = byte_level_clip_tokenizer(directory / "tokenizer-files")
-    tokenizer.model_max_length = 77  # the helper's 16 would cut every prompt to its first 14 characters
-    tower = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
-    config = CLIPConfig(
-        text_config=dict(
-            **tower,
-            vocab_size=len(tokenizer),
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            max_position_embeddings=77,
-        ),
-        vision_config=dict(**tower, image_size=32, patch_size=8),
-        projection_dim=PROJECTION_DIM,
-    )
-    torch.manual_seed(seed)
-    CLIPModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
 
 
 @pytest.fixture(scope="module")
