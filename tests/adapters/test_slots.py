@@ -163,3 +163,19 @@ def test_cached_factors_follow_changes_and_training_gets_gradients():
     layer(x).square().sum().backward()  # with gradients: fresh factors, grads reach only slot 0's A and B
     assert layer.lora_A.grad[0].abs().sum() > 0 and layer.lora_B.grad[0].abs().sum() > 0
     assert layer.lora_A.grad[1].abs().sum() == 0 and layer.base_layer.weight.grad is None
+
+
+def test_moving_a_merged_layer_moves_the_kept_original():
+    from fairdiff.adapters.slots import LoRASlots
+
+    torch.manual_seed(0)
+    layer = LoRASlots(torch.nn.Linear(6, 5), num_slots=1, rank=2)
+    w0 = layer.base_layer.weight.detach().clone()
+    layer.set_slot(0, torch.randn(2, 6), torch.randn(5, 2), 1.0)
+    layer.weights.fill_(1.0)
+    layer.merge()
+    layer.to(torch.float64)  # moved while merged
+    layer.unmerge()
+    assert layer.base_layer.weight.dtype == torch.float64
+    assert torch.equal(layer.base_layer.weight, w0.double())
+    assert "_original" not in layer.state_dict()

@@ -76,7 +76,8 @@ class LoRASlots(nn.Module):
         self.register_buffer("scale", torch.zeros(num_slots, device=weight.device))  # (K,) alpha / r per slot
         self.register_buffer("weights", torch.zeros(num_slots, device=weight.device))  # (K,) combination c_k
         self._rows: torch.Tensor | None = None  # (B, K) per-sample combination, overrides `weights`
-        self._original: torch.Tensor | None = None  # the base weight tensor while merged
+        # the base weight tensor while merged; a buffer, so `.to(device/dtype)` while merged moves it too
+        self.register_buffer("_original", None, persistent=False)
         self._cache: dict = {}  # (state key, batch) -> _Plan | None
         base_layer.weight.requires_grad_(False)
         if base_layer.bias is not None:
