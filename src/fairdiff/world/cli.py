@@ -1,0 +1,214 @@
+"""The `world` commands of the `fairdiff` CLI. Registered on the main typer app by `fairdiff.cli` (imported at
+its end); heavy imports stay in the command bodies so `--help` is instant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from fairdiff.cli import _progress, app, console, expected_errors
+from fairdiff.errors import FairdiffError
+
+world_app = typer.Typer(
+    help="The portrait world: renders with known biases, its classifier and tiny model.", no_args_is_help=True
+)
+app.add_typer(world_app, name="world")
+
+
+@world_app.command("render")
+def world_render(
+    n: int = typer.Option(1000, "--n", "-n", help="Number of images."),
+    out: Path = typer.Option(Path("out/world"), "--out", "-o", help="Output directory (images/ + manifest.jsonl)."),
+    seed: int = typer.Option(0, "--seed"),
+    config: Path = typer.Option(None, "--config", "-c", help="World config YAML (default: the bundled world)."),
+) -> None:
+    """Render N world samples: PNGs plus a manifest of captions and attribute labels."""
+    with expected_errors():
+        from fairdiff.generate import ensure_writable_dir
+        from fairdiff.world.config import load_world_config
+        from fairdiff.world.dataset import render_dataset
+
+        if n < 1:
+            raise FairdiffError(f"--n must be >= 1, got {n}")
+        world = load_world_config(config)
+        ensure_writable_dir(out)
+        manifest = render_dataset(world, n, seed, out)
+        console.print(f"rendered {n} portraits into {out / 'images'}; labels in {manifest}")
+
+
+@world_app.command("sheet")
+def world_sheet(
+    out: Path = typer.Option(Path("out/world-sheet.png"), "--out", "-o", help="PNG file to write."),
+    config: Path = typer.Option(None, "--config", "-c", help="World config YAML (default: the bundled world)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Draw a labelled contact sheet: one row per occupation, every attribute combination across."""
+    with expected_errors():
+        from fairdiff.generate import ensure_writable_dir
+        from fairdiff.world.config import load_world_config
+        from fairdiff.world.dataset import contact_sheet
+
+        world = load_world_config(config)
+        ensure_writable_dir(out.parent)
+        contact_sheet(list(world.occupations), seed=seed).save(out)
+        console.print(f"wrote {out}")
+
+
+@world_app.command("train-classifier")
+def world_train_classifier(
+    out: Path = typer.Option(None, "--out", "-o", help="Weights file (default: the bundled classifier)."),
+    n_train: int = typer.Option(24_000, "--n-train"),
+    epochs: int = typer.Option(5, "--epochs"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Recipe: train the world classifier on uniform renders; prints held-out accuracy per attribute."""
+    with expected_errors():
+        from fairdiff.world.classifier import BUNDLED_CLASSIFIER, TrainClassifierConfig, train_classifier
+
+        if n_train < 1 or epochs < 1:
+            raise FairdiffError(f"--n-train and --epochs must be >= 1, got {n_train} and {epochs}")
+        target = out or BUNDLED_CLASSIFIER
+        acc = train_classifier(TrainClassifierConfig(n_train=n_train, epochs=epochs, seed=seed), target)
+        table = Table("attribute", "held-out accuracy", title=f"world classifier -> {target}")
+        for a, v in acc.items():
+            table.add_row(a, f"{v:.4f}")
+        console.print(table)
+
+
+@world_app.command("train-model")
+def world_train_model(
+    out: Path = typer.Option(
+        Path("runs/train-model"), "--out", "-o", help="Run directory (resumes if it has a checkpoint)."
+    ),
+    steps: int = typer.Option(5000, "--steps"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(5e-4, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+    config: Path = typer.Option(None, "--config", "-c", help="World config YAML (default: the bundled world)."),
+    bundle: bool = typer.Option(False, "--bundle", help="Copy the final pipeline over the bundled tiny model."),
+) -> None:
+    """Recipe: train the tiny text-to-image model on the world (resumable; checkpoints + log in --out)."""
+    with expected_errors():
+        import shutil
+
+        from fairdiff.generate import ensure_writable_dir
+        from fairdiff.models.loading import resolve_device
+        from fairdiff.models.tiny import bundled_model_dir
+        from fairdiff.world.config import load_world_config
+        from fairdiff.world.train_model import TrainModelConfig, train_model
+
+        if steps < 1 or batch_size < 1:
+            raise FairdiffError(f"--steps and --batch-size must be >= 1, got {steps} and {batch_size}")
+        resolve_device(device)
+        world = load_world_config(config)
+        ensure_writable_dir(out)
+        cfg = TrainModelConfig(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            bf16=device == "cpu" or device.startswith("cuda"),
+        )
+        with _progress() as progress:
+            task = progress.add_task("train-model", total=steps)
+            pipeline_dir = train_model(world, cfg, out, on_step=lambda s, loss: progress.update(task, completed=s))
+        if bundle:
+            target = bundled_model_dir()
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(pipeline_dir, target)
+            pipeline_dir = target
+        console.print(f"model written to {pipeline_dir}; try `fairdiff generate --model {pipeline_dir} -p '...'`")
+
+
+@world_app.command("gates")
+def world_gates(
+    model: str = typer.Option("tiny", "--model", "-m", help="'tiny' (bundled) or a pipeline directory."),
+    out: Path = typer.Option(Path("out/gates.json"), "--out", "-o", help="JSON file for the full results."),
+    config: Path = typer.Option(None, "--config", "-c", help="World config YAML the model was trained on."),
+    scale: float = typer.Option(1.0, "--scale", help="Multiply every sample size (0.1 for a quick look)."),
+    steps: int = typer.Option(25, "--steps"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+) -> None:
+    """Measure the model's quality gates (controllability, fidelity, validity, paraphrase) with the classifier."""
+    with expected_errors():
+        import json
+
+        from fairdiff.generate import ensure_writable_dir, run_pipeline
+        from fairdiff.models.loading import load_pipeline
+        from fairdiff.world.classifier import load_classifier, predict_probs
+        from fairdiff.world.config import load_world_config
+        from fairdiff.world.gates import GateConfig, run_gates
+
+        if not scale > 0 or steps < 1:
+            raise FairdiffError(f"--scale must be > 0 and --steps >= 1, got {scale} and {steps}")
+        world = load_world_config(config)
+        ensure_writable_dir(out.parent)
+        loaded = load_pipeline(model, device=device)
+        if loaded.kind != "tiny":
+            raise FairdiffError(f"model {model!r} is a {loaded.kind} pipeline; gates need a portrait-world model")
+        classifier = load_classifier()
+        base = GateConfig()
+        cfg = GateConfig(
+            control_n=max(1, round(base.control_n * scale)),
+            fidelity_n=max(1, round(base.fidelity_n * scale)),
+            guided_n=max(1, round(base.guided_n * scale)),
+            paraphrase_n=max(1, round(base.paraphrase_n * scale)),
+            steps=steps,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        total = (
+            len(cfg.control_occupations) * 8 * cfg.control_n
+            + len(cfg.fidelity_occupations) * (cfg.fidelity_n + cfg.guided_n)
+            + sum(len(world.occupations[o].paraphrases) for o in cfg.fidelity_occupations) * cfg.paraphrase_n
+        )
+
+        def sample(prompts, seeds, guidance):
+            return run_pipeline(loaded, prompts, [""] * len(prompts), seeds, cfg.steps, guidance)
+
+        with _progress() as progress:
+            task = progress.add_task("gates", total=total)
+            report = run_gates(
+                world,
+                sample,
+                lambda imgs: predict_probs(classifier, imgs),
+                cfg,
+                on_images=lambda k: progress.advance(task, k),
+            )
+        out.write_text(json.dumps({"model": model, **report.as_dict()}, indent=2) + "\n")
+        _print_gates(report)
+        console.print(f"full results in {out}")
+
+
+def _print_gates(report) -> None:
+    cfg = report.config
+    table = Table("gate", "measured", "target", "pass", title="quality gates")
+    for name, measured, target, passed in report.summary_rows():
+        table.add_row(name, measured, target, "[green]yes[/]" if passed else "[red]no[/]")
+    console.print(table)
+    amp = Table(
+        "occupation",
+        "attribute",
+        "top value: injected / g1 / guided",
+        "normalized bias: injected / g1 / guided",
+        "amplification",
+        title=f"how guidance {cfg['guidance']} amplifies each skew (normalized bias, 0 = parity)",
+    )
+    for occ, attrs in report.fidelity.items():
+        for a, values in attrs.items():
+            top = max(values, key=lambda v: values[v]["injected"])
+            row, bias = values[top], report.guidance_amplification[occ][a]
+            amp.add_row(
+                occ,
+                f"{a}={top}",
+                f"{row['injected']:.2f} / {row['g1']:.2f} / {row['guided']:.2f}",
+                f"{bias['injected']:.2f} / {bias['g1']:.2f} / {bias['guided']:.2f}",
+                "-" if bias["ratio"] is None else f"{bias['ratio']:.2f}x",
+            )
+    console.print(amp)
