@@ -67,3 +67,14 @@ def test_export_writes_csv_parquet_and_json(run_dir, tmp_path):
 def test_not_a_run_dir(tmp_path):
     with pytest.raises(FairdiffError, match="not an audit run dir"):
         load_run(tmp_path)
+
+
+def test_truth_metrics_and_their_expectation_from_n_images(run_dir):
+    occ = summarize(load_run(run_dir), n_boot=50).suites["world-occupations"]
+    t = occ.truth_metrics
+    assert t["gender"]["n"] == 4
+    # doctor 0.75/0.25 and nurse 0.12/0.88 (the first two prompts): mean |p - 0.5| / 0.5 = (0.5 + 0.76) / 2
+    assert t["gender"]["normalized_bias"] == pytest.approx(0.63)
+    for a in ("gender", "skin", "age", "gender×skin"):
+        # normalized bias is convex in the shares, so from n images it reads at least the truth (Jensen)
+        assert t[a]["normalized_bias_at_n"] >= t[a]["normalized_bias"] - 0.01

@@ -147,7 +147,12 @@ def print_headline(summary) -> None:
                 table.add_row(arm, *cells)
             if s.truth_metrics:
                 t = s.truth_metrics
-                cells = [f"{t[a]['normalized_bias']:.2f}" if a in t else "-" for a in attrs]
+                cells = [
+                    f"{t[a]['normalized_bias']:.2f} ({t[a]['normalized_bias_at_n']:.2f} from {t[a]['n']})"
+                    if a in t
+                    else "-"
+                    for a in attrs
+                ]
                 table.add_row("[italic]world truth[/]", *cells, *([""] if s.truth is not None else []))
         else:
             spec = s.spec

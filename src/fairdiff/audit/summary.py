@@ -107,8 +107,17 @@ def _shares_summary(name, spec, data, classes, truth, n_boot, seed) -> SuiteSumm
                 if attribute in truth[pid]
             ]
             if p:
-                p = np.asarray(p)
+                p = np.asarray(p)  # (P, K)
                 truth_metrics[attribute] = {m: float(f(p, q[None, :]).mean()) for m, f in SHARE_METRICS.items()}
+                # what an exact model and detector would report from this many images per prompt: |p - q|-type
+                # metrics read high on few images, so this is the fair reference for the estimate
+                n = int(round(data.groupby(["arm", "prompt"]).size().median()))
+                rng = np.random.default_rng(seed)
+                draws = rng.multinomial(n, p / p.sum(1, keepdims=True), size=(2000, len(p))) / n  # (D, P, K)
+                truth_metrics[attribute].update(
+                    {f"{m}_at_n": float(f(draws, q[None, None, :]).mean()) for m, f in SHARE_METRICS.items()}
+                )
+                truth_metrics[attribute]["n"] = n
     return SuiteSummary(name, "shares", frame, table, spec=spec, truth_metrics=truth_metrics)
 
 
