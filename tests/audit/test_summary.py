@@ -73,8 +73,9 @@ def test_truth_metrics_and_their_expectation_from_n_images(run_dir):
     occ = summarize(load_run(run_dir), n_boot=50).suites["world-occupations"]
     t = occ.truth_metrics
     assert t["gender"]["n"] == 4
-    # doctor 0.75/0.25 and nurse 0.12/0.88 (the first two prompts): mean |p - 0.5| / 0.5 = (0.5 + 0.76) / 2
-    assert t["gender"]["normalized_bias"] == pytest.approx(0.63)
+    # the first four prompts, men share: doctor 0.75, nurse 0.12, CEO 0.90, engineer 0.85;
+    # mean |p - 0.5| / 0.5 = (0.50 + 0.76 + 0.80 + 0.70) / 4 = 0.69
+    assert t["gender"]["normalized_bias"] == pytest.approx(0.69)
     for a in ("gender", "skin", "age", "gender×skin"):
         # normalized bias is convex in the shares, so from n images it reads at least the truth (Jensen)
         assert t[a]["normalized_bias_at_n"] >= t[a]["normalized_bias"] - 0.01
