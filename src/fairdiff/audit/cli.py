@@ -94,17 +94,21 @@ def run_and_summarize(cfg, out: Path, resume: bool, title: str):
     check_audit(cfg)  # bad input fails before anything is loaded, drawn or written
     if not resume:
         prepare_run_dir(out, cfg, resume)
-    with _audit_progress() as progress:
-        task = progress.add_task(title, total=None)
+    progress = _audit_progress()  # shown from the first batch on: a loading error stays one line
+    tasks: list = []
 
-        def on_progress(done: int, total: int) -> None:
-            if progress.tasks[task].total is None:
-                progress.update(task, total=total, completed=done)
-                progress.reset(task, total=total, completed=done)  # speed counts this run's images only
-            else:
-                progress.update(task, completed=done)
+    def on_progress(done: int, total: int) -> None:
+        if not tasks:
+            progress.start()
+            tasks.append(progress.add_task(title, total=total, completed=done))  # speed: this run's images only
+        else:
+            progress.update(tasks[0], completed=done)
 
+    try:
         run_audit(cfg, out, resume=resume, on_progress=on_progress)
+    finally:
+        if tasks:
+            progress.stop()
     rank, world_size = dist_rank()
     if world_size > 1:
         console.print(f"rank {rank}/{world_size} done; when all ranks finish: fairdiff audit-merge {out}")
