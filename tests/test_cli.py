@@ -5,17 +5,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from cli_helpers import error_line as _error_line
 from fairdiff.cli import app
 
 runner = CliRunner()
-
-
-def _error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.exit_code == 1, result.output
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def test_help_and_version():

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from cli_helpers import error_line as _error_line
 from fairdiff.cli import app
 from fairdiff.errors import FairdiffError
 from fairdiff.metrics import (
@@ -389,14 +390,6 @@ def test_outcome_frame_from_counts():
 
 
 # --- the CLI ------------------------------------------------------------------------------------------------------
-
-
-def _error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.exit_code == 1, result.output
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def test_cli_help_is_light():

@@ -9,6 +9,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from cli_helpers import error_line as _error_line
 from fairdiff.adapters import LoRAAdapter, LoRALayer, load_adapter, read_peft, write_peft
 from fairdiff.cli import app
 from fairdiff.models.tiny import build_tiny_unet
@@ -20,14 +21,6 @@ TINY_ATTN2 = r".*attn2\.(to_k|to_v)"
 def _ok(result):
     assert result.exit_code == 0, result.output
     return result.output
-
-
-def _error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.exit_code == 1, result.output
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def _tiny_peft(tmp_path, name="a", seed=0):
