@@ -70,3 +70,15 @@ def test_guidance_and_negative_prompt_change_output(random_pipe):
 def test_check_inputs(random_pipe, kwargs, message):
     with pytest.raises(ValueError, match=message):
         random_pipe("a doctor", **{"num_inference_steps": 1, **kwargs})
+
+
+def test_unet_overrides_for_architecture_experiments():
+    import pytest
+
+    from fairdiff.errors import FairdiffError
+    from fairdiff.models.tiny import build_tiny_unet
+
+    unet = build_tiny_unet(0, {"down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")})
+    assert unet.config.down_block_types[1] == "CrossAttnDownBlock2D"
+    with pytest.raises(FairdiffError, match="unknown UNet config key"):
+        build_tiny_unet(0, {"bogus": 1})

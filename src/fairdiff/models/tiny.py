@@ -8,6 +8,7 @@ tiny model and SD the same way.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, UNet2DCond
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from fairdiff.errors import FairdiffError
 from fairdiff.models.text_encoder import EMBED_DIM, encode_text, load_minilm
 
 #: The UNet: attention at 8x8 (and the mid block) only; attention at 16x16 cost 30% more time per step on 2
@@ -147,10 +149,16 @@ class TinyPortraitPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=image)
 
 
-def build_tiny_unet(seed: int = 0) -> UNet2DConditionModel:
-    """A freshly initialized tiny UNet (same architecture as the bundled weights)."""
+def build_tiny_unet(seed: int = 0, overrides: dict | None = None) -> UNet2DConditionModel:
+    """A freshly initialized tiny UNet (the bundled architecture, with `overrides` of its config keys)."""
+    unknown = sorted(set(overrides or {}) - set(inspect.signature(UNet2DConditionModel.__init__).parameters))
+    if unknown:
+        raise FairdiffError(f"unknown UNet config key(s) {', '.join(unknown)}")
     torch.manual_seed(seed)
-    return UNet2DConditionModel(**TINY_UNET_CONFIG)
+    try:
+        return UNet2DConditionModel(**{**TINY_UNET_CONFIG, **(overrides or {})})
+    except (ValueError, TypeError) as exc:
+        raise FairdiffError(f"UNet config {overrides}: {exc}") from None
 
 
 def build_tiny_pipeline(unet: UNet2DConditionModel | None = None, text=None) -> TinyPortraitPipeline:

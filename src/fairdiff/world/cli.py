@@ -77,6 +77,22 @@ def world_train_classifier(
         console.print(table)
 
 
+def _unet_overrides(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FairdiffError(f"--unet {item!r}: expected KEY=VALUE")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise FairdiffError(f"--unet {item!r}: not a YAML value ({exc})") from None
+        out[key.strip()] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return out
+
+
 @world_app.command("train-model")
 def world_train_model(
     out: Path = typer.Option(
@@ -89,6 +105,9 @@ def world_train_model(
     device: str = typer.Option("cpu", "--device"),
     config: Path = typer.Option(None, "--config", "-c", help="World config YAML (default: the bundled world)."),
     bundle: bool = typer.Option(False, "--bundle", help="Copy the final pipeline over the bundled tiny model."),
+    unet: list[str] = typer.Option(
+        [], "--unet", help="Override a UNet config key, KEY=YAML (e.g. 'block_out_channels=[48, 96, 192]')."
+    ),
 ) -> None:
     """Recipe: train the tiny text-to-image model on the world (resumable; checkpoints + log in --out)."""
     with expected_errors():
@@ -112,6 +131,7 @@ def world_train_model(
             seed=seed,
             device=device,
             bf16=device == "cpu" or device.startswith("cuda"),
+            unet=_unet_overrides(unet),
         )
         with _progress() as progress:
             task = progress.add_task("train-model", total=steps)

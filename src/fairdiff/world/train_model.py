@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ class TrainModelConfig:
     checkpoint_every: int = 250
     bf16: bool = True  # autocast; 1.4x faster on CPUs with avx512_bf16, weights stay fp32
     device: str = "cpu"
+    unet: dict = field(default_factory=dict)  # overrides of TINY_UNET_CONFIG (architecture experiments)
 
 
 class CaptionCache:
@@ -100,14 +101,18 @@ def train_model(
 
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
-    unet = build_tiny_unet(cfg.seed).to(device)
+    unet = build_tiny_unet(cfg.seed, cfg.unet).to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
     step = 0
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt["config"]["seed"] != cfg.seed or ckpt["config"]["batch_size"] != cfg.batch_size:
+        same = {
+            k: ckpt["config"].get(k, {} if k == "unet" else None) == getattr(cfg, k)
+            for k in ("seed", "batch_size", "unet")
+        }
+        if not all(same.values()):
             raise FairdiffError(f"{ckpt_path}: checkpoint was trained with {ckpt['config']}, not {asdict(cfg)}")
         unet.load_state_dict(ckpt["unet"])
         ema.load_state_dict(ckpt["ema"])
