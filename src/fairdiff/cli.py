@@ -41,6 +41,22 @@ def expected_errors():
         raise typer.Exit(1) from None
 
 
+def key_values(items: list[str], option: str) -> dict:
+    """KEY=VALUE options -> dict; each value read as YAML (numbers, true/false, lists, text)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise FairdiffError(f"{option} {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as exc:
+            raise FairdiffError(f"{option} {item!r}: not a YAML value ({exc})") from None
+    return out
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"fairdiff {__version__}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fairdiff.cli import app, console, err_console, expected_errors
+from fairdiff.cli import app, console, err_console, expected_errors, key_values
 from fairdiff.errors import FairdiffError
 
 DEMO_NEGATIVE = "revealing clothes"
@@ -70,19 +70,6 @@ def _arms(
             raise FairdiffError(f"--arms {arms_file}: expected a list of arm mappings (kind, name, ...)")
         arms += extra
     return arms
-
-
-def _key_values(items: list[str], option: str) -> dict:
-    """KEY=VALUE strings -> dict; values read as YAML scalars (numbers, true/false, text)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise FairdiffError(f"{option} {item!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value) if value else ""
-    return out
 
 
 def run_and_summarize(cfg, out: Path, resume: bool, title: str):
@@ -255,7 +242,7 @@ def audit(
             suites=list(suite),
             arms=_arms(negative, adapter, arms_file, no_base, allow_pickle),
             detector=detector,
-            detector_options=_key_values(detector_option, "--detector-option"),
+            detector_options=key_values(detector_option, "--detector-option"),
             images_per_prompt=n,
             max_prompts=max_prompts,
             seed=seed,

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fairdiff.cli import _progress, app, console, expected_errors
+from fairdiff.cli import _progress, app, console, expected_errors, key_values
 from fairdiff.errors import FairdiffError
 
 world_app = typer.Typer(
@@ -78,19 +78,8 @@ def world_train_classifier(
 
 
 def _unet_overrides(items: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise FairdiffError(f"--unet {item!r}: expected KEY=VALUE")
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise FairdiffError(f"--unet {item!r}: not a YAML value ({exc})") from None
-        out[key.strip()] = tuple(parsed) if isinstance(parsed, list) else parsed
-    return out
+    """--unet KEY=VALUE -> UNet config overrides (YAML lists become the tuples diffusers configs hold)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in key_values(items, "--unet").items()}
 
 
 @world_app.command("train-model")
