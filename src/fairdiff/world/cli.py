@@ -97,6 +97,9 @@ def world_train_model(
     unet: list[str] = typer.Option(
         [], "--unet", help="Override a UNet config key, KEY=YAML (e.g. 'block_out_channels=[48, 96, 192]')."
     ),
+    checkpoint_every: int = typer.Option(
+        250, "--checkpoint-every", help="Steps between checkpoints (each also exports out/pipeline)."
+    ),
 ) -> None:
     """Recipe: train the tiny text-to-image model on the world (resumable; checkpoints + log in --out)."""
     with expected_errors():
@@ -108,8 +111,11 @@ def world_train_model(
         from fairdiff.world.config import load_world_config
         from fairdiff.world.train_model import TrainModelConfig, train_model
 
-        if steps < 1 or batch_size < 1:
-            raise FairdiffError(f"--steps and --batch-size must be >= 1, got {steps} and {batch_size}")
+        if min(steps, batch_size, checkpoint_every) < 1:
+            raise FairdiffError(
+                "--steps, --batch-size and --checkpoint-every must be >= 1, "
+                f"got {steps}, {batch_size}, {checkpoint_every}"
+            )
         resolve_device(device)
         world = load_world_config(config)
         ensure_writable_dir(out)
@@ -121,6 +127,7 @@ def world_train_model(
             device=device,
             bf16=device == "cpu" or device.startswith("cuda"),
             unet=_unet_overrides(unet),
+            checkpoint_every=checkpoint_every,
         )
         with _progress() as progress:
             task = progress.add_task("train-model", total=steps)
