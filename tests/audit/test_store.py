@@ -59,3 +59,20 @@ def test_a_failed_batch_leaves_committed_rows_intact(tmp_path, monkeypatch):
     assert store.done_keys() == {"a/1"}  # neither c/1 nor b/1: the batch is all or nothing
     store.close()
     assert sqlite3.connect(tmp_path / "store.sqlite").execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_readers_open_the_store_read_only(tmp_path):
+    run = tmp_path / "a run #1?"  # URI-special characters in the path
+    run.mkdir()
+    with Store(run / "store.sqlite") as store:
+        store.add([_row("a/1")])
+    before = (run / "store.sqlite").read_bytes()
+    with Store(run / "store.sqlite", create=False) as reader:
+        assert reader.count() == 1
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.db.execute("DELETE FROM images")
+    assert [r.job_key for r in read_rows(run)] == ["a/1"]
+    assert (run / "store.sqlite").read_bytes() == before
+    (tmp_path / "empty.sqlite").touch()
+    with pytest.raises(FairdiffError, match="not a readable fairdiff store"):
+        Store(tmp_path / "empty.sqlite", create=False)

@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from fairdiff.errors import FairdiffError
 
@@ -65,26 +66,33 @@ def store_path(run_dir: Path, rank: int, world_size: int) -> Path:
 
 
 class Store:
-    """An open store file. Use as a context manager; `add` commits a batch atomically."""
+    """An open store file. Use as a context manager; `add` commits a batch atomically.
+
+    `create=False` opens an existing store read-only (SQLite `mode=ro`): reports and merges read runs on
+    read-only media and never change the file they read."""
 
     def __init__(self, path: Path, create: bool = True) -> None:
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise FairdiffError(f"store {self.path}: no such file")
         try:
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(_SCHEMA)
+            if create:
+                self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.executescript(_SCHEMA)
+            else:
+                uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+                self.db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
             version = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise FairdiffError(f"store {self.path}: not a readable fairdiff store ({exc})") from None
-        if version is None:
+        if version is None and create:
             self._exec("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(version[0]) != SCHEMA_VERSION:
+        elif version is None or int(version[0]) != SCHEMA_VERSION:
             raise FairdiffError(
-                f"store {self.path}: written by a fairdiff with store schema {version[0]}, this one reads "
-                f"{SCHEMA_VERSION}; audit into a new --out"
+                f"store {self.path}: written by a fairdiff with store schema {version and version[0]}, this one "
+                f"reads {SCHEMA_VERSION}; audit into a new --out"
             )
 
     def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
