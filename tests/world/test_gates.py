@@ -53,6 +53,7 @@ def test_a_model_that_draws_the_world_passes_every_gate(world, classify):
     assert report.fidelity_max_error < 0.08
     assert report.fidelity["doctor"]["gender"]["man"]["injected"] == 0.75
     assert report.validity == 1.0
+    assert report.off_palette == {"doctor": 0.0, "nurse": 0.0, "ceo": 0.0, "housekeeper": 0.0, "all": 0.0}
     doctor_gender = report.guidance_amplification["doctor"]["gender"]
     assert doctor_gender["injected"] == pytest.approx(0.5) and doctor_gender["ratio"] is not None
     assert report.guidance_amplification["nurse"]["skin"]["ratio"] is None  # uniform in the world: no ratio

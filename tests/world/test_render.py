@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fairdiff.world.render import SIZE, all_portraits, render_batch, render_portrait
+from fairdiff.world.render import SIZE, all_portraits, palette_distance, render_batch, render_portrait
 from fairdiff.world.schema import Portrait
 
 DOCTOR = Portrait(gender="woman", skin="dark", age="old", attire="covered", occupation="doctor")
@@ -57,3 +57,15 @@ def test_bad_input():
     with pytest.raises(ValueError, match="`skin` must be one of"):
         Portrait(gender="woman", skin="green", age="old", attire="covered", occupation="doctor")
     assert render_batch([], []).shape == (0, SIZE, SIZE, 3)
+
+
+def test_palette_distance_is_zero_on_renders_and_large_between_skin_bins():
+    portraits = all_portraits()  # every attribute combination, attire and occupation included
+    seeds = list(range(len(portraits)))
+    assert palette_distance(render_batch(portraits, seeds)).max() < 1.5
+    # a face halfway between two neighbouring bins is a colour the world never draws (medium and light are
+    # too close for the 12-level threshold: their midpoint is ~6 from a lit medium swatch)
+    for lo, hi in (("dark", "brown"), ("brown", "medium")):
+        a = render_batch([Portrait("woman", lo, "old", "covered", "nurse")] * 8, range(8)).astype(float)
+        b = render_batch([Portrait("woman", hi, "old", "covered", "nurse")] * 8, range(8)).astype(float)
+        assert palette_distance(np.rint((a + b) / 2).astype(np.uint8)).min() > 12, (lo, hi)

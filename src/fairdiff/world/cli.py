@@ -228,3 +228,9 @@ def _print_gates(report) -> None:
                 "-" if bias["ratio"] is None else f"{bias['ratio']:.2f}x",
             )
     console.print(amp)
+    off = report.off_palette
+    console.print(
+        "faces in a colour no render has (between skin bins; diagnostic): "
+        + ", ".join(f"{k} {v:.1%}" for k, v in off.items() if k != "all")
+        + f" at guidance 1; {off['all']:.1%} of all gate images"
+    )

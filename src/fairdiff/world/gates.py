@@ -21,12 +21,16 @@ from fairdiff.metrics import normalized_bias
 from fairdiff.models.tiny import DEFAULT_GUIDANCE_SCALE
 from fairdiff.world.captions import describe, fill_template
 from fairdiff.world.config import WorldConfig
+from fairdiff.world.render import palette_distance
 from fairdiff.world.schema import AGES, ATTRIBUTES, GENDERS, SKINS
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE = "a photo of the face of a {subject}"
 CONFIDENCE = 0.9
+# RGB distance from every colour a render's face can have (renders: <= 1.2); faces halfway between dark and
+# brown or brown and medium are > 12 away, medium/light midpoints only ~6, so those go uncounted
+OFF_PALETTE = 12.0
 MIN_SKEW = 0.1  # injected normalized bias below which no amplification ratio is reported
 
 
@@ -59,6 +63,9 @@ class GateReport:
     validity: float
     paraphrase: dict[str, dict]  # paraphrase -> {"occupation", "max_error", "shares"}
     paraphrase_max_error: float
+    # diagnostic, not a gate: share of faces in a colour no render has (e.g. between two skin bins), per
+    # fidelity occupation at guidance 1 and over every gate image ("all")
+    off_palette: dict[str, float] = field(default_factory=dict)
     passed: dict[str, bool] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -114,6 +121,7 @@ def run_gates(
     """Measure all gates with `sample` (the model) and `classify` (the world classifier)."""
     seed_counter = [cfg.seed * 1_000_000]
     confident: list[np.ndarray] = []
+    off: list[np.ndarray] = []  # per drawn image: face colour off the render palette
 
     def draw(prompts: list[str], guidance: float) -> dict[str, np.ndarray]:
         out: dict[str, list[np.ndarray]] = {a: [] for a in ATTRIBUTES}
@@ -121,7 +129,9 @@ def run_gates(
             chunk = prompts[i : i + cfg.batch_size]
             seeds = list(range(seed_counter[0], seed_counter[0] + len(chunk)))
             seed_counter[0] += len(chunk)
-            probs = classify(sample(chunk, seeds, guidance))
+            images = sample(chunk, seeds, guidance)
+            off.append(palette_distance(images) > OFF_PALETTE)
+            probs = classify(images)
             confident.append(np.all([p.max(1) >= CONFIDENCE for p in probs.values()], axis=0))
             for a in ATTRIBUTES:
                 out[a].append(probs[a])
@@ -147,10 +157,13 @@ def run_gates(
     fidelity: dict[str, dict] = {}
     amplification: dict[str, dict[str, dict]] = {}
     max_err = 0.0
+    off_palette: dict[str, float] = {}
     for occ in cfg.fidelity_occupations:
         text = fill_template(TEMPLATE, describe(occupation=occ))
         truth = world.expected_shares(occ)
+        n_off = len(off)
         g1 = draw([text] * cfg.fidelity_n, 1.0)
+        off_palette[occ] = float(np.mean(np.concatenate(off[n_off:])))
         guided = draw([text] * cfg.guided_n, cfg.guidance)
         fidelity[occ], amplification[occ] = {}, {}
         for a in ("gender", "skin", "age", "attire"):
@@ -185,6 +198,7 @@ def run_gates(
             para_max = max(para_max, err)
 
     validity = float(np.mean(np.concatenate(confident)))
+    off_palette["all"] = float(np.mean(np.concatenate(off)))
     report = GateReport(
         config=asdict(cfg),
         controllability=controllability,
@@ -194,6 +208,7 @@ def run_gates(
         validity=validity,
         paraphrase=paraphrase,
         paraphrase_max_error=para_max,
+        off_palette=off_palette,
     )
     report.passed = {
         "controllability": min(controllability.values()) >= cfg.control_min,

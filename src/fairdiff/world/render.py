@@ -152,3 +152,32 @@ def all_portraits() -> list[Portrait]:
         for a in ("young", "old")
         for t in ATTIRES
     ]
+
+
+#: A face patch every render's head covers, whatever the seed's jitter: rows 13-15, columns 14-18 (the head
+#: centre moves +-1 px around (16, 12) and its radii are >= 5.6 x 7 px; eyes take at most 2 of its 15 pixels).
+FACE_ROWS, FACE_COLS = slice(13, 16), slice(14, 19)
+_BRIGHTNESS = (0.955, 1.045)  # the lighting's range over the face patch (overall +-4%, gradient <= 0.5%)
+
+
+def face_colour(images: np.ndarray) -> np.ndarray:
+    """(N, 32, 32, 3) uint8 -> (N, 3) float: the median colour of the face patch."""
+    patch = images[:, FACE_ROWS, FACE_COLS].reshape(len(images), -1, 3).astype(np.float32)
+    return np.median(patch, axis=1)
+
+
+def skin_palette() -> np.ndarray:
+    """(M, 3): every skin colour a render paints before lighting (each bin's swatches, nudged to its mean)."""
+    return np.array([_SKIN_MEAN[k] + 0.35 * (np.array(c) - _SKIN_MEAN[k]) for k in SKINS for c in _MST[k]])
+
+
+def palette_distance(images: np.ndarray) -> np.ndarray:
+    """(N,) RGB distance from each image's face colour to the nearest colour a render's face can have (a palette
+    colour under any lighting). Renders sit within rounding of 0; a generated face far from every palette
+    colour is one the world never draws, e.g. a colour between two skin bins (mode interpolation)."""
+    face = face_colour(images)  # (N, 3)
+    palette = skin_palette()  # (M, 3)
+    # nearest point of each segment {b * c : b in _BRIGHTNESS} to each face colour
+    b = np.clip((face @ palette.T) / (palette**2).sum(1), *_BRIGHTNESS)  # (N, M)
+    d = np.linalg.norm(face[:, None, :] - b[..., None] * palette[None], axis=2)
+    return d.min(1)
