@@ -20,7 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from fairdiff.errors import FairdiffError
 from fairdiff.models.text_encoder import EMBED_DIM, encode_text, load_minilm
 
-#: The UNet: attention at 8x8 (and the mid block) only; attention at 16x16 cost 30% more time per step on 2
+#: The UNet: attention at 8x8 (and the mid block) only; attention at 16x16 cost 30-100% more time per step on 2
 #: CPU cores for no visible gain on flat-shaded portraits. ~4.2M parameters.
 TINY_UNET_CONFIG = dict(
     sample_size=32,
