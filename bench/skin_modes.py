@@ -1,0 +1,131 @@
+"""Diagnostics behind docs/model-card.md's "Why: the model draws skin colours between the world's bins".
+
+    python bench/skin_modes.py samplers [--model DIR] [--n 400] dpm:25 ea:50 sde:50 ddpm:250 euler:200
+        skin shares, max error vs the world config, validity and off-palette share for housekeeper and nurse
+        at guidance 1, per sampler:steps (same seeds for every sampler)
+    python bench/skin_modes.py x0 [--model DIR]
+        mean face luminance of the model's x0-prediction from noised dark / brown housekeeper renders, per t
+    python bench/skin_modes.py boundary
+        where the world classifier's skin label flips on faces recoloured between two neighbouring bins
+
+Printed, not written: these are one-off measurements on 2 CPU cores (a few minutes each), not gates.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from diffusers import (
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+)
+
+import fairdiff.world.render as render
+from fairdiff.generate import run_pipeline
+from fairdiff.models.loading import load_pipeline
+from fairdiff.models.tiny import TINY_SCHEDULER_CONFIG
+from fairdiff.world.classifier import load_classifier, predict_probs
+from fairdiff.world.config import load_world_config
+from fairdiff.world.gates import OFF_PALETTE
+from fairdiff.world.schema import SKINS, Portrait
+from fairdiff.world.train_model import to_model_space
+
+SAMPLERS = {
+    "dpm": lambda c: DPMSolverMultistepScheduler.from_config(c),
+    "sde": lambda c: DPMSolverMultistepScheduler.from_config(c, algorithm_type="sde-dpmsolver++"),
+    "ea": lambda c: EulerAncestralDiscreteScheduler.from_config(c),
+    "ddpm": lambda c: DDPMScheduler.from_config(c),
+    "euler": lambda c: EulerDiscreteScheduler.from_config(c),
+}
+
+
+def samplers(model: str, n: int, specs: list[str]) -> None:
+    loaded, classifier, world = load_pipeline(model), load_classifier(), load_world_config()
+    config = loaded.pipeline.scheduler.config
+    for spec in specs:
+        name, steps = spec.split(":")
+        loaded.pipeline.scheduler = SAMPLERS[name](config)
+        for occ in ("housekeeper", "nurse"):
+            prompt = f"a photo of the face of a {occ}"
+            images = np.concatenate(
+                [
+                    run_pipeline(loaded, [prompt] * 100, [""] * 100, list(range(s, s + 100)), int(steps), 1.0)
+                    for s in range(0, n, 100)
+                ]
+            )
+            probs = predict_probs(classifier, images)
+            valid = np.all([p.max(1) >= 0.9 for p in probs.values()], axis=0).mean()
+            labels, truth = probs["skin"].argmax(1), world.expected_shares(occ)["skin"]
+            shares = {s: float(np.mean(labels == i)) for i, s in enumerate(SKINS)}
+            err = max(abs(shares[s] - truth[s]) for s in SKINS)
+            off = np.mean(render.palette_distance(images) > OFF_PALETTE)
+            shown = " ".join(f"{s} {v:.3f}" for s, v in shares.items())
+            print(f"{spec:10s} {occ:12s} {shown}  max err {err:.3f}  valid {valid:.3f}  off-palette {off:.3f}")
+
+
+@torch.no_grad()
+def x0(model: str, n: int = 64) -> None:
+    pipe = load_pipeline(model).pipeline
+    alphas = DDPMScheduler(**TINY_SCHEDULER_CONFIG).alphas_cumprod
+    emb = pipe.encode_prompt(["a photo of the face of a housekeeper"] * n)
+
+    def face_lum(x: torch.Tensor) -> torch.Tensor:  # model space (N,3,32,32) -> (N,) grey levels
+        return (x[:, :, render.FACE_ROWS, render.FACE_COLS].mean((1, 2, 3)) + 1) * 127.5
+
+    for skin in ("dark", "brown"):
+        portraits = [Portrait("woman", skin, "young", "covered", "housekeeper")] * n
+        clean = to_model_space(render.render_batch(portraits, list(range(n))))
+        row = [f"{skin:6s} render {face_lum(clean).mean():5.0f}"]
+        for t in (200, 400, 600, 750, 850, 925):
+            a = alphas[t]
+            noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(t))
+            xt = a.sqrt() * clean + (1 - a).sqrt() * noise
+            v = pipe.unet(xt, torch.full((n,), t), encoder_hidden_states=emb).sample
+            lum = face_lum(a.sqrt() * xt - (1 - a).sqrt() * v)
+            row.append(f"t={t}: {lum.mean():4.0f} +- {lum.std():3.0f}")
+        print("  ".join(row))
+
+
+def boundary() -> None:
+    classifier = load_classifier()
+    saved = (dict(render._SKIN_MEAN), dict(render._MST))
+    try:
+        for lo, hi in (("dark", "brown"), ("brown", "medium"), ("medium", "light")):
+            a, b = saved[0][lo], saved[0][hi]
+            cells = []
+            for w in np.linspace(0, 1, 21):
+                colour = a * (1 - w) + b * w  # paint every "dark" face in this colour
+                render._SKIN_MEAN["dark"], render._MST["dark"] = colour, [tuple(colour)]
+                portraits = [Portrait(g, "dark", "young", "covered", "housekeeper") for g in ("woman", "man")] * 50
+                probs = predict_probs(classifier, render.render_batch(portraits, list(range(100))))["skin"]
+                label = SKINS[np.bincount(probs.argmax(1), minlength=len(SKINS)).argmax()]
+                cells.append(f"{w:.2f}:{label[0].upper()}{probs.max(1).mean():.2f}")
+            print(f"{lo} -> {hi} (fraction of the way: majority label + mean confidence)")
+            print(" ".join(cells))
+    finally:
+        render._SKIN_MEAN.update(saved[0])
+        render._MST.update(saved[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("samplers", "x0", "boundary"))
+    parser.add_argument("specs", nargs="*", default=["dpm:25"], help="sampler:steps, for `samplers`")
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--n", type=int, default=400, help="images per occupation (multiple of 100)")
+    args = parser.parse_intermixed_args()
+    torch.set_num_threads(2)
+    if args.what == "samplers":
+        samplers(args.model, args.n, args.specs)
+    elif args.what == "x0":
+        x0(args.model)
+    else:
+        boundary()
+
+
+if __name__ == "__main__":
+    main()
