@@ -108,11 +108,10 @@ def train_model(
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        same = {
-            k: ckpt["config"].get(k, {} if k == "unet" else None) == getattr(cfg, k)
+        if any(
+            ckpt["config"].get(k, {} if k == "unet" else None) != getattr(cfg, k)
             for k in ("seed", "batch_size", "unet")
-        }
-        if not all(same.values()):
+        ):
             raise FairdiffError(f"{ckpt_path}: checkpoint was trained with {ckpt['config']}, not {asdict(cfg)}")
         unet.load_state_dict(ckpt["unet"])
         ema.load_state_dict(ckpt["ema"])
