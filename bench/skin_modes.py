@@ -5,6 +5,9 @@
         at guidance 1, per sampler:steps (same seeds for every sampler)
     python bench/skin_modes.py x0 [--model DIR]
         mean face luminance of the model's x0-prediction from noised dark / brown housekeeper renders, per t
+    python bench/skin_modes.py posterior [--model DIR]
+        the model's x0-prediction of the face colour from noised dark / brown housekeeper renders at high t, beside
+        the Bayes posterior mean of an oracle that knows which pixels are skin (the sharpest a denoiser can be)
     python bench/skin_modes.py boundary
         where the world classifier's skin label flips on faces recoloured between two neighbouring bins
 
@@ -90,6 +93,51 @@ def x0(model: str, n: int = 64) -> None:
         print("  ".join(row))
 
 
+@torch.no_grad()
+def posterior(model: str, n: int = 64) -> None:
+    """Mode commitment at high noise. Given x_t, the mean colour of the m skin pixels is a Gaussian observation
+    of sqrt(a) * c with variance (1 - a) / m per channel, so the posterior over the skin colours c_k (prior: the
+    housekeeper's bin shares, swatches uniform within a bin) is exact for an oracle that knows the skin mask;
+    the model, which must also find the face, can at best match it."""
+    pipe, world = load_pipeline(model).pipeline, load_world_config()
+    alphas = DDPMScheduler(**TINY_SCHEDULER_CONFIG).alphas_cumprod.double()
+    emb = pipe.encode_prompt(["a photo of the face of a housekeeper"] * n)
+    shares = world.expected_shares("housekeeper")["skin"]
+    palette = torch.from_numpy(render.skin_palette()) / 127.5 - 1  # (K, 3) model space
+    prior = torch.tensor([shares[k] / len(render._MST[k]) for k in SKINS for _ in render._MST[k]]).double()
+
+    def lum(colour: torch.Tensor) -> torch.Tensor:  # (N, 3) model space -> (N,) grey levels
+        return (colour.mean(1) + 1) * 127.5
+
+    for skin in ("dark", "brown"):
+        portraits = [Portrait("woman", skin, "young", "covered", "housekeeper")] * n
+        images = render.render_batch(portraits, list(range(n)))
+        face = render.face_colour(images)
+        mask = torch.from_numpy(np.linalg.norm(images - face[:, None, None], axis=-1) < 12).double()  # skin px
+        m = mask.sum((1, 2))  # (N,)
+        clean = to_model_space(images).double()
+
+        def masked_mean(x: torch.Tensor, mask=mask, m=m) -> torch.Tensor:  # (N, 3, H, W) -> (N, 3)
+            return (x * mask[:, None]).sum((2, 3)) / m[:, None]
+
+        print(f"{skin} housekeepers: face luminance {lum(masked_mean(clean)).mean():.0f}, {m.mean():.0f} skin pixels")
+        for t in (700, 800, 850, 875, 900, 925, 950, 975):
+            a = alphas[t]
+            noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(t)).double()
+            xt = a.sqrt() * clean + (1 - a).sqrt() * noise
+            v = pipe.unet(xt.float(), torch.full((n,), t), encoder_hidden_states=emb).sample.double()
+            model_lum = lum(masked_mean(a.sqrt() * xt - (1 - a).sqrt() * v))
+            obs = masked_mean(xt)  # (N, 3)
+            sq = ((obs[:, None, :] - a.sqrt() * palette[None]) ** 2).sum(2)  # (N, K)
+            post = torch.softmax(prior.log()[None] - m[:, None] * sq / (2 * (1 - a)), dim=1)
+            oracle_lum = lum(post @ palette)
+            print(
+                f"  t={t}: model {model_lum.mean():5.1f} +- {model_lum.std():4.1f}   "
+                f"oracle {oracle_lum.mean():5.1f} +- {oracle_lum.std():4.1f}   "
+                f"|model - oracle| {(model_lum - oracle_lum).abs().mean():4.1f}"
+            )
+
+
 def boundary() -> None:
     classifier = load_classifier()
     saved = (dict(render._SKIN_MEAN), dict(render._MST))
@@ -113,7 +161,7 @@ def boundary() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("samplers", "x0", "boundary"))
+    parser.add_argument("what", choices=("samplers", "x0", "posterior", "boundary"))
     parser.add_argument("specs", nargs="*", default=["dpm:25"], help="sampler:steps, for `samplers`")
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--n", type=int, default=400, help="images per occupation (multiple of 100)")
@@ -123,6 +171,8 @@ def main() -> None:
         samplers(args.model, args.n, args.specs)
     elif args.what == "x0":
         x0(args.model)
+    elif args.what == "posterior":
+        posterior(args.model)
     else:
         boundary()
 

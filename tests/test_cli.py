@@ -35,6 +35,8 @@ def test_help_and_version():
         (["generate", "-p", "a doctor", "--dtype", "float8"], "unknown --dtype 'float8'"),
         (["world", "render", "--n", "0"], "--n must be >= 1"),
         (["world", "train-model", "--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 5000, 64, 0"),
+        (["world", "train-model", "--high-t-share", "1.5"], "--high-t-share must be in [0, 1]"),
+        (["world", "train-model", "--init", "docs"], "--init docs: no UNet weights at docs/unet/"),
         (["generate", "-p", "a doctor", "--height", "64"], "the tiny model draws 32x32 images only"),
     ],
 )

@@ -7,7 +7,7 @@ import torch
 
 from fairdiff.errors import FairdiffError
 from fairdiff.models.tiny import TinyPortraitPipeline
-from fairdiff.world.train_model import TrainModelConfig, train_model, world_batch
+from fairdiff.world.train_model import TrainModelConfig, sample_timesteps, train_model, world_batch
 
 
 class _Interrupt(Exception):
@@ -52,3 +52,32 @@ def test_checkpoint_of_another_run_is_refused(world, minilm, tmp_path):
     train_model(world, _cfg(steps=2), tmp_path, text=minilm)
     with pytest.raises(FairdiffError, match="checkpoint was trained with"):
         train_model(world, _cfg(steps=2, seed=9), tmp_path, text=minilm)
+
+
+def test_timesteps_stay_uniform_unless_a_high_noise_share_is_asked_for():
+    def draw(**kw):
+        return sample_timesteps(_cfg(**kw), 1000, 4000, torch.Generator().manual_seed(0))
+
+    plain = draw()
+    assert torch.equal(plain, torch.randint(0, 1000, (4000,), generator=torch.Generator().manual_seed(0)))
+    assert (draw(high_t_share=1.0, high_t_from=850) >= 850).all()
+    half = draw(high_t_share=0.5, high_t_from=850)
+    # half from [850, 1000), half uniform (15% of which also land there): 57.5% in the band
+    assert 0.54 < (half >= 850).float().mean().item() < 0.61
+    assert half.min() >= 0 and half.max() < 1000
+
+
+def test_a_run_can_start_from_an_exported_pipeline(world, minilm, tmp_path):
+    first = train_model(world, _cfg(steps=2), tmp_path / "first", text=minilm)
+    start = TinyPortraitPipeline.from_pretrained(first, tokenizer=minilm[0], text_encoder=minilm[1]).unet
+    cfg = _cfg(steps=1, lr=0.0, init=str(first))  # lr 0: the weights stay the init's
+    ckpt = train_model(world, cfg, tmp_path / "second", text=minilm).parent / "checkpoint.pt"
+    weights = torch.load(ckpt, weights_only=False)["unet"]
+    for key, value in start.state_dict().items():
+        assert torch.equal(weights[key], value), key
+
+    wider = _cfg(steps=1, init=str(first), unet={"block_out_channels": (16, 32, 64)})
+    with pytest.raises(FairdiffError, match="does not match this run's architecture"):
+        train_model(world, wider, tmp_path / "third", text=minilm)
+    with pytest.raises(FairdiffError, match="no UNet weights"):
+        train_model(world, _cfg(steps=1, init=str(tmp_path)), tmp_path / "fourth", text=minilm)

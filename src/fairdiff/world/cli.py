@@ -100,6 +100,13 @@ def world_train_model(
     checkpoint_every: int = typer.Option(
         250, "--checkpoint-every", help="Steps between checkpoints (each also exports out/pipeline)."
     ),
+    init: Path = typer.Option(
+        None, "--init", help="Start from this pipeline directory's UNet weights ('tiny': the bundled model)."
+    ),
+    high_t_share: float = typer.Option(
+        0.0, "--high-t-share", help="Share of timesteps drawn from [--high-t-from, 1000) (where skin bins separate)."
+    ),
+    high_t_from: int = typer.Option(850, "--high-t-from"),
 ) -> None:
     """Recipe: train the tiny text-to-image model on the world (resumable; checkpoints + log in --out)."""
     with expected_errors():
@@ -109,13 +116,20 @@ def world_train_model(
         from fairdiff.models.loading import resolve_device
         from fairdiff.models.tiny import bundled_model_dir
         from fairdiff.world.config import load_world_config
-        from fairdiff.world.train_model import TrainModelConfig, train_model
+        from fairdiff.world.train_model import TrainModelConfig, init_weights_path, train_model
 
         if min(steps, batch_size, checkpoint_every) < 1:
             raise FairdiffError(
                 "--steps, --batch-size and --checkpoint-every must be >= 1, "
                 f"got {steps}, {batch_size}, {checkpoint_every}"
             )
+        if not 0.0 <= high_t_share <= 1.0 or not 0 <= high_t_from < 1000:
+            raise FairdiffError(
+                f"--high-t-share must be in [0, 1] and --high-t-from in [0, 1000), got {high_t_share}, {high_t_from}"
+            )
+        if init is not None:
+            init = bundled_model_dir() if str(init) == "tiny" else init
+            init_weights_path(init)  # fail before anything is written
         resolve_device(device)
         world = load_world_config(config)
         ensure_writable_dir(out)
@@ -125,9 +139,11 @@ def world_train_model(
             lr=lr,
             seed=seed,
             device=device,
-            bf16=device == "cpu" or device.startswith("cuda"),
             unet=_unet_overrides(unet),
             checkpoint_every=checkpoint_every,
+            high_t_share=high_t_share,
+            high_t_from=high_t_from,
+            init=None if init is None else str(init),
         )
         with _progress() as progress:
             task = progress.add_task("train-model", total=steps)
