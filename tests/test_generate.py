@@ -3,7 +3,9 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from fairdiff.errors import FairdiffError
 from fairdiff.generate import GenerateConfig, generate
@@ -36,11 +38,15 @@ def test_generate_writes_pngs_grid_and_sidecar(random_tiny_dir, tmp_path):
     assert {"torch", "diffusers", "transformers", "fairdiff"} <= set(on_disk["versions"])
     assert "unet/diffusion_pytorch_model.safetensors" in on_disk["weight_hashes"]
 
-    # same seed -> byte-identical PNGs, whatever the batch size
+    # same config and seed -> byte-identical PNGs
+    generate(loaded, cfg, tmp_path / "a2")
+    assert _digests(tmp_path / "a") == _digests(tmp_path / "a2")
+    # another batch size: the same images, up to CPU kernels that pick their algorithm by batch shape (on an
+    # AVX2-only CPU a batch of 1 differs from a batch of 5 by one grey level in a pixel or two)
     generate(loaded, GenerateConfig(prompt=cfg.prompt, n=5, seed=10, steps=2, batch_size=5), tmp_path / "b")
-    a, b = _digests(tmp_path / "a"), _digests(tmp_path / "b")
-    assert {k: v for k, v in a.items() if k != "grid.png"} == {k: v for k, v in b.items() if k != "grid.png"}
-    assert a["grid.png"] == b["grid.png"]
+    for name in _digests(tmp_path / "a"):
+        a, b = (np.asarray(Image.open(tmp_path / d / name), dtype=int) for d in ("a", "b"))
+        assert np.abs(a - b).max() <= 1, name
 
 
 @pytest.mark.parametrize(
