@@ -47,7 +47,7 @@ class TrainModelConfig:
     device: str = "cpu"
     unet: dict = field(default_factory=dict)  # overrides of TINY_UNET_CONFIG (architecture experiments)
     # share of each batch whose timestep is drawn from [high_t_from, 1000) instead of [0, 1000): the noise levels
-    # at which a sample commits to one skin bin (see `high_noise_band`); 0 = plain uniform timesteps
+    # at which a sample commits to one skin bin (see `sample_timesteps`); 0 = plain uniform timesteps
     high_t_share: float = 0.0
     high_t_from: int = 850
     init: str | None = None  # pipeline directory whose UNet weights start a fresh run (a fine-tune)
@@ -83,8 +83,9 @@ def bf16_is_native(device: torch.device) -> bool:
     """Whether bf16 matmuls run natively on `device` (CUDA with bf16, a CPU with avx512_bf16 or AMX)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if device.type == "cpu":  # private probes of torch.cpu; absent in a torch that lacks them: assume emulated
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
     return False
 
 
@@ -104,10 +105,11 @@ def _lr_at(cfg: TrainModelConfig, step: int) -> float:
 def sample_timesteps(cfg: TrainModelConfig, num_train: int, n: int, gen: torch.Generator) -> torch.Tensor:
     """Uniform timesteps, with a share `high_t_share` redrawn from [high_t_from, num_train).
 
-    Where a face's skin colour is decided: the face and neck cover ~190 pixels, so the noise on their mean colour
-    is sqrt((1 - a) / a) / sqrt(190) in [-1, 1] units, against ~0.8 between neighbouring skin bins; the bins
-    separate at sqrt((1 - a) / a) ~ 5-11, t ~ 880-950 of the cosine schedule, where uniform sampling puts only
-    7% of the training signal. With high_t_share = 0 the draw is exactly the original uniform one."""
+    Where a face's skin colour is decided: face and neck cover ~140 pixels, so the noise on their mean colour is
+    sqrt((1 - a) / a) / sqrt(140) in [-1, 1] units, against ~0.8 between neighbouring skin bins; the bins
+    separate at sqrt((1 - a) / a) ~ 5-9, t ~ 860-935 of the cosine schedule, where uniform sampling puts under
+    10% of the training signal. With high_t_share = 0 the draw is exactly the original uniform one. (A
+    fine-tune with half its timesteps from [850, 1000) did not help: docs/model-card.md.)"""
     t = torch.randint(0, num_train, (n,), generator=gen)
     if cfg.high_t_share > 0:
         high = torch.randint(cfg.high_t_from, num_train, (n,), generator=gen)
