@@ -106,7 +106,7 @@ def world_train_model(
     high_t_share: float = typer.Option(
         0.0, "--high-t-share", help="Share of timesteps drawn from [--high-t-from, 1000) (where skin bins separate)."
     ),
-    high_t_from: int = typer.Option(850, "--high-t-from"),
+    high_t_from: int = typer.Option(850, "--high-t-from", help="Lowest timestep of that band (0-999)."),
 ) -> None:
     """Recipe: train the tiny text-to-image model on the world (resumable; checkpoints + log in --out)."""
     with expected_errors():
