@@ -70,10 +70,19 @@ def samplers(model: str, n: int, specs: list[str]) -> None:
             print(f"{spec:10s} {occ:12s} {shown}  max err {err:.3f}  valid {valid:.3f}  off-palette {off:.3f}")
 
 
+def _noise_and_denoise(pipe, clean: torch.Tensor, t: int, emb: torch.Tensor):
+    """(alpha_bar_t, x_t, the model's x0-prediction) for renders `clean` noised to step t (noise seeded by t), in
+    clean's dtype."""
+    a = DDPMScheduler(**TINY_SCHEDULER_CONFIG).alphas_cumprod[t].to(clean.dtype)
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(t)).to(clean.dtype)
+    xt = a.sqrt() * clean + (1 - a).sqrt() * noise
+    v = pipe.unet(xt.float(), torch.full((len(clean),), t), encoder_hidden_states=emb).sample.to(clean.dtype)
+    return a, xt, a.sqrt() * xt - (1 - a).sqrt() * v
+
+
 @torch.no_grad()
 def x0(model: str, n: int = 64) -> None:
     pipe = load_pipeline(model).pipeline
-    alphas = DDPMScheduler(**TINY_SCHEDULER_CONFIG).alphas_cumprod
     emb = pipe.encode_prompt(["a photo of the face of a housekeeper"] * n)
 
     def face_lum(x: torch.Tensor) -> torch.Tensor:  # model space (N,3,32,32) -> (N,) grey levels
@@ -84,11 +93,7 @@ def x0(model: str, n: int = 64) -> None:
         clean = to_model_space(render.render_batch(portraits, list(range(n))))
         row = [f"{skin:6s} render {face_lum(clean).mean():5.0f}"]
         for t in (200, 400, 600, 750, 850, 925):
-            a = alphas[t]
-            noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(t))
-            xt = a.sqrt() * clean + (1 - a).sqrt() * noise
-            v = pipe.unet(xt, torch.full((n,), t), encoder_hidden_states=emb).sample
-            lum = face_lum(a.sqrt() * xt - (1 - a).sqrt() * v)
+            lum = face_lum(_noise_and_denoise(pipe, clean, t, emb)[2])
             row.append(f"t={t}: {lum.mean():4.0f} +- {lum.std():3.0f}")
         print("  ".join(row))
 
@@ -100,7 +105,6 @@ def posterior(model: str, n: int = 64) -> None:
     housekeeper's bin shares, swatches uniform within a bin) is exact for an oracle that knows the skin mask;
     the model, which must also find the face, can at best match it."""
     pipe, world = load_pipeline(model).pipeline, load_world_config()
-    alphas = DDPMScheduler(**TINY_SCHEDULER_CONFIG).alphas_cumprod.double()
     emb = pipe.encode_prompt(["a photo of the face of a housekeeper"] * n)
     shares = world.expected_shares("housekeeper")["skin"]
     palette = torch.from_numpy(render.skin_palette()) / 127.5 - 1  # (K, 3) model space
@@ -122,11 +126,8 @@ def posterior(model: str, n: int = 64) -> None:
 
         print(f"{skin} housekeepers: face luminance {lum(masked_mean(clean)).mean():.0f}, {m.mean():.0f} skin pixels")
         for t in (700, 800, 850, 875, 900, 925, 950, 975):
-            a = alphas[t]
-            noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(t)).double()
-            xt = a.sqrt() * clean + (1 - a).sqrt() * noise
-            v = pipe.unet(xt.float(), torch.full((n,), t), encoder_hidden_states=emb).sample.double()
-            model_lum = lum(masked_mean(a.sqrt() * xt - (1 - a).sqrt() * v))
+            a, xt, x0_hat = _noise_and_denoise(pipe, clean, t, emb)
+            model_lum = lum(masked_mean(x0_hat))
             obs = masked_mean(xt)  # (N, 3)
             sq = ((obs[:, None, :] - a.sqrt() * palette[None]) ** 2).sum(2)  # (N, K)
             post = torch.softmax(prior.log()[None] - m[:, None] * sq / (2 * (1 - a)), dim=1)
