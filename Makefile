@@ -29,6 +29,7 @@ format: setup
 bench: setup
 	$(BIN)/python bench/render_throughput.py
 	$(BIN)/python bench/audit_overhead.py
+	$(BIN)/python bench/train_step.py
 
 bench-adapters: setup
 	nice -n 10 $(BIN)/python bench/adapters.py

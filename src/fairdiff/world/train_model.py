@@ -41,8 +41,8 @@ class TrainModelConfig:
     caption_dropout: float = 0.1  # share of captions replaced by "" (the unconditional branch of CFG)
     seed: int = 0
     checkpoint_every: int = 250
-    # bf16 autocast (weights stay fp32); None = where the hardware runs it natively (`bf16_is_native`):
-    # 1.4x faster than fp32 on a CPU with avx512_bf16, 15x slower on an AVX2-only CPU that emulates it
+    # bf16 autocast (weights stay fp32); None = where the hardware runs it natively (`bf16_is_native`): 1.4x
+    # faster than fp32 on a CPU with avx512_bf16, 16x slower on an AVX2-only CPU that emulates it (bench/train_step.py)
     bf16: bool | None = None
     device: str = "cpu"
     unet: dict = field(default_factory=dict)  # overrides of TINY_UNET_CONFIG (architecture experiments)
