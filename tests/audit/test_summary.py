@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -61,7 +63,27 @@ def test_export_writes_csv_parquet_and_json(run_dir, tmp_path):
     names = {p.name for p in written}
     assert {"rows.csv", "rows.parquet", "metrics.json"} <= names
     assert len(pd.read_parquet(tmp_path / "rows.parquet")) == 64
-    assert "metrics-world-avatars-ratio.csv" in names
+    assert {
+        "metrics-world-avatars-ratio.csv",
+        "metrics-world-avatars-by_prompt.csv",
+        "metrics-world-avatars-overall.csv",
+    } <= names
+
+
+def test_metrics_json_is_strict_json_when_a_truth_rate_is_zero(run_dir, tmp_path):
+    summary = summarize(load_run(run_dir), n_boot=50)
+    # what a world with a group never drawn revealing gives: parity ratio max / 0 (and no estimate: NaN)
+    truth_metrics = summary.suites["world-avatars"].truth_metrics
+    attribute = next(iter(truth_metrics))  # the module's 4 prompts are all men: skin and gender×skin have groups
+    truth_metrics[attribute].update(ratio=float("inf"), min_rate=float("nan"))
+    export(summary, tmp_path)
+
+    def reject(token):
+        raise AssertionError(f"metrics.json holds a bare {token}")
+
+    data = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=reject)
+    truth = data["suites"]["world-avatars"]["truth_metrics"][attribute]
+    assert truth["ratio"] == "inf" and truth["min_rate"] is None
 
 
 def test_not_a_run_dir(tmp_path):

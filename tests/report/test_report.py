@@ -17,7 +17,7 @@ from fairdiff.audit.results import load_run
 from fairdiff.audit.runner import AuditConfig, run_audit
 from fairdiff.audit.summary import summarize
 from fairdiff.errors import FairdiffError
-from fairdiff.report import export_tables, write_report
+from fairdiff.report import export_tables, render_report, summarized_run, write_report
 from fairdiff.report.charts import with_ci
 
 SCRIPT = "<script>alert(1)</script>"
@@ -98,6 +98,13 @@ def test_report_shows_metrics_accuracy_images_and_config(report, run_dir):
 def test_images_per_grid_caps_the_grid(run_dir, tmp_path):
     html = write_report([run_dir], tmp_path / "r.html", n_boot=N_BOOT, images_per_grid=1).read_text()
     assert html.count("<img ") == 6 and "(1 of 2)" in html
+
+
+def test_a_run_summarized_already_reports_the_same_html(run_dir, report, tmp_path):
+    # what `fairdiff demo` does: summarize once for the printout, then report from that summary
+    summary = summarize(load_run(run_dir), n_boot=N_BOOT)
+    out = render_report(summarized_run(run_dir, summary), tmp_path / "again.html")
+    assert out.read_text(encoding="utf-8") == report[1]
 
 
 def test_several_runs_label_arms_by_run_and_show_unmeasured_accuracy(run_dir, tmp_path):

@@ -308,7 +308,7 @@ def demo(
     with expected_errors():
         from fairdiff.audit.runner import AuditConfig
         from fairdiff.models.tiny import DEFAULT_GUIDANCE_SCALE
-        from fairdiff.report import write_report
+        from fairdiff.report import render_report, summarized_run
 
         cfg = AuditConfig(
             model="tiny",
@@ -326,6 +326,8 @@ def demo(
             images_per_prompt=n,
             batch_size=64,
         )
-        run_and_summarize(cfg, out, True, "demo audit (tiny model)")
-        path = write_report([out], out / "report.html")
+        summary = run_and_summarize(cfg, out, True, "demo audit (tiny model)")
+        if summary is None:  # one rank of a sharded run: audit-merge summarizes
+            return
+        path = render_report(summarized_run(out, summary), out / "report.html")
         console.print(f"report: [bold]{path}[/]  (run dir {out}: metrics.json, rows.csv/parquet)")

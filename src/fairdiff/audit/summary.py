@@ -17,7 +17,7 @@ import pandas as pd
 
 from fairdiff.audit.results import RunResults
 from fairdiff.metrics import SHARE_METRICS, MetricFrame, OutcomeFrame
-from fairdiff.metrics.frame import records
+from fairdiff.metrics.frame import plain, records
 
 
 @dataclass
@@ -30,6 +30,19 @@ class SuiteSummary:
     spec: dict = field(default_factory=dict)
     truth_metrics: dict | None = None  # world suites: the headline metrics of the injected truth itself
 
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """Every metrics table of the suite by name, as run dirs and `fairdiff report --csv` write them."""
+        f = self.frame
+        if self.kind == "shares":
+            return {"overall": f.overall, "by_prompt": f.by_prompt, "shares": f.shares}
+        return {
+            "overall": f.overall,
+            "by_group": f.by_group,
+            "ratio": f.ratio(),
+            "difference": f.difference(),
+            "by_prompt": self.by_prompt_outcome,
+        }
+
 
 @dataclass
 class RunSummary:
@@ -38,6 +51,7 @@ class RunSummary:
     quality: pd.DataFrame  # per arm: images, validity, seconds per image
 
     def to_dict(self) -> dict:
+        """Strict-JSON-ready (see `plain`): a world truth rate of 0 makes its parity ratio inf, written "inf"."""
         out = {"quality": records(self.quality), "suites": {}}
         for name, s in self.suites.items():
             d = {"kind": s.kind, **s.frame.to_dict()}
@@ -48,7 +62,7 @@ class RunSummary:
             if s.truth_metrics is not None:
                 d["truth_metrics"] = s.truth_metrics
             out["suites"][name] = d
-        return out
+        return plain(out)
 
 
 def summarize(results: RunResults, n_boot: int = 1000, seed: int = 0) -> RunSummary:
@@ -193,13 +207,9 @@ def export(summary: RunSummary, out_dir: Path) -> list[Path]:
     rows.to_parquet(written[1], index=False)
     written[2].write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
     for name, s in summary.suites.items():
-        frame = s.frame
-        tables = (
-            {"overall": frame.overall, "by_prompt": frame.by_prompt, "shares": frame.shares}
-            if s.kind == "shares"
-            else {"by_group": frame.by_group, "ratio": frame.ratio(), "difference": frame.difference()}
-        )
-        for what, df in tables.items():
+        for what, df in s.tables().items():
+            if df is None:
+                continue
             path = out_dir / f"metrics-{name}-{what}.csv"
             df.to_csv(path, index=False)
             written.append(path)

@@ -179,14 +179,20 @@ def _assess_block(
     return shares, pd.DataFrame(by_prompt), overall
 
 
+def plain(v):
+    """One value made strict JSON: numpy scalars to Python, inf/-inf to "inf"/"-inf", NaN to None, recursively
+    through dicts and lists (`json.dumps` would write bare Infinity and NaN, which JSON parsers reject)."""
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None if np.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
 def records(df: pd.DataFrame) -> list[dict]:
-    """DataFrame rows as plain dicts for JSON: numpy scalars to Python, inf/-inf to "inf"/"-inf", NaN to None."""
-
-    def plain(v):
-        if isinstance(v, np.generic):
-            v = v.item()
-        if isinstance(v, float) and not np.isfinite(v):
-            return None if np.isnan(v) else ("inf" if v > 0 else "-inf")
-        return v
-
+    """DataFrame rows as plain dicts for JSON (values as `plain` makes them)."""
     return [{k: plain(v) for k, v in row.items()} for row in df.to_dict(orient="records")]

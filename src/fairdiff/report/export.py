@@ -47,18 +47,8 @@ def export_runs(runs: list[ReportRun], out_dir: str | Path) -> list[Path]:
         add("rows", r.results.rows.assign(run_dir=str(r.run_dir)), r)
         add("quality", r.summary.quality, r)
         for name, s in r.summary.suites.items():
-            frame, slug = s.frame, _slug(name)
-            if s.kind == "shares":
-                parts = {"overall": frame.overall, "by_prompt": frame.by_prompt, "shares": frame.shares}
-            else:
-                parts = {
-                    "overall": frame.overall,
-                    "by_group": frame.by_group,
-                    "ratio": frame.ratio(),
-                    "difference": frame.difference(),
-                    "by_prompt": s.by_prompt_outcome,
-                }
-            for what, df in parts.items():
+            slug = _slug(name)
+            for what, df in s.tables().items():
                 add(f"metrics-{slug}-{what}", df, r)
             add(f"truth-{slug}", s.truth, r)
     try:

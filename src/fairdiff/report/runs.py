@@ -77,6 +77,13 @@ def load_runs(run_dirs: Sequence[str | Path], n_boot: int = 1000, seed: int = 0)
     return runs
 
 
+def summarized_run(run_dir: str | Path, summary: RunSummary) -> list[ReportRun]:
+    """A run dir summarized already (as `fairdiff demo` has, to print its headline) as a report's one run: the
+    report then shows the same bootstrap CIs as the printout, without drawing them a second time."""
+    run_dir = Path(run_dir)
+    return [ReportRun(run_labels([run_dir])[0], run_dir, summary.results, summary, labelled=False)]
+
+
 def outcome_attribute(record: dict, outcome: str) -> str | None:
     """The detector attribute an outcome is read from ("revealing" -> "attire", by the record's outcome rule)."""
     rules = record.get("detector", {}).get("outcomes") or {"revealing": "attire=revealing"}
