@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 from fairdiff.adapters import LoRAAdapter, LoRALayer, attach_adapters
-from fairdiff.provenance import library_versions
+from fairdiff.provenance import library_versions, machine_line
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 SD15_BLOCKS = dict(
@@ -257,14 +256,12 @@ def write_report(
         f"fairdiff {args.adapters} adapters in one batch": 1.3,
     }
     versions = library_versions()
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     argv = " ".join(sys.argv[1:])
     lines = [
         "# LoRA adapters: fairdiff slots vs PEFT in a UNet forward",
         "",
         f"command: `nice -n 10 python bench/adapters.py {argv}`".replace("  ", " "),
-        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads" + (f", GPU {gpu}" if gpu else ""),
+        f"machine: {machine_line()}",
         f"python {versions['python']}, torch {versions['torch']}, diffusers {versions['diffusers']}, "
         f"peft {peft.__version__}",
         f"model: UNet2DConditionModel, SD 1.5 block structure, channels {config['block_out_channels']}, "

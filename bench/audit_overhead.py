@@ -11,7 +11,6 @@ from the median of the repeats. Writes bench/results/audit_overhead.md with the 
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import statistics
 import sys
@@ -19,15 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from fairdiff.audit.arms import arm_from_spec
 from fairdiff.audit.runner import AuditConfig, build_plan, run_audit, shard_batches
 from fairdiff.audit.suites import load_suite
 from fairdiff.detect import build_detector
 from fairdiff.generate import run_pipeline
 from fairdiff.models.loading import load_pipeline
-from fairdiff.provenance import library_versions, machine
+from fairdiff.provenance import library_versions, machine_line
 
 
 def main() -> None:
@@ -78,13 +75,11 @@ def main() -> None:
     overhead = med["audit"] / med["bare"] - 1
     n_images = len(jobs)
     cmd = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    info = machine()
     lines = [
         "# Audit overhead vs bare generation",
         "",
         f"Command: `{cmd}`  ",
-        f"Machine: {platform.platform()}, {info['processor']}, torch threads {torch.get_num_threads()}, "
-        f"no GPU; fairdiff {library_versions()['fairdiff']}, torch {library_versions()['torch']}",
+        f"Machine: {machine_line()}; fairdiff {library_versions()['fairdiff']}, torch {library_versions()['torch']}",
         "",
         f"{n_images} images per repeat (tiny model, {cfg.steps} steps, guidance 3, batch {cfg.batch_size}, "
         f"2 arms x {args.max_prompts} prompts x {args.n} seeds), {args.repeats} alternating repeats, median:",

@@ -10,13 +10,11 @@ Writes bench/results/render_throughput.md with the machine and the command.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-from fairdiff.provenance import library_versions
+from fairdiff.provenance import library_versions, machine_line
 from fairdiff.world.captions import sample_world
 from fairdiff.world.config import load_world_config
 from fairdiff.world.render import render_batch, render_portrait
@@ -68,7 +66,7 @@ def main() -> None:
         "# Portrait-world rendering throughput",
         "",
         f"command: `python bench/render_throughput.py --n {args.n} --batch {args.batch}`",
-        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        f"machine: {machine_line()}",
         f"python {sys.version.split()[0]}, numpy {library_versions()['numpy']}",
         "",
         "| path | images/s | vs batch |",

@@ -10,8 +10,6 @@ Writes bench/results/train_step.md with the machine and the command.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import torch
 
 from fairdiff.models.tiny import build_tiny_unet
+from fairdiff.provenance import machine_line
 from fairdiff.world.train_model import bf16_is_native
 
 
@@ -52,8 +51,7 @@ def main() -> None:
         "# Tiny-UNet training step on CPU: fp32 vs bf16 autocast",
         "",
         f"command: `python bench/train_step.py --batch {args.batch} --repeats {args.repeats}`",
-        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}",
+        f"machine: {machine_line()}, torch {torch.__version__}",
         f"python {sys.version.split()[0]}; best of {args.repeats} steps after one warm-up",
         "",
         f"| forward + backward, batch {args.batch} | seconds | vs fp32 |",
