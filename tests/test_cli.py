@@ -36,6 +36,7 @@ def test_help_and_version():
         (["world", "render", "--n", "0"], "--n must be >= 1"),
         (["world", "train-model", "--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 5000, 64, 0"),
         (["world", "train-model", "--high-t-share", "1.5"], "--high-t-share must be in [0, 1]"),
+        (["world", "train-model", "--workers", "-1"], "--workers must be >= 0, got -1"),
         (["world", "train-model", "--init", "docs"], "--init docs: no UNet weights at docs/unet/"),
         (["generate", "-p", "a doctor", "--height", "64"], "the tiny model draws 32x32 images only"),
     ],

@@ -7,7 +7,7 @@ import torch
 
 from fairdiff.errors import FairdiffError
 from fairdiff.models.tiny import TinyPortraitPipeline
-from fairdiff.world.train_model import TrainModelConfig, sample_timesteps, train_model, world_batch
+from fairdiff.world.train_model import TrainModelConfig, sample_timesteps, train_model, world_batch, world_batches
 
 
 class _Interrupt(Exception):
@@ -23,6 +23,24 @@ def test_batches_are_a_function_of_the_step(world):
     b_imgs, b_caps = world_batch(world, _cfg(), 3)
     assert (a_imgs == b_imgs).all() and a_caps == b_caps
     assert world_batch(world, _cfg(), 4)[1] != a_caps
+
+
+def test_render_workers_give_the_same_batches_in_order_and_stop_when_closed(world):
+    cfg = _cfg(steps=7, workers=2)
+    batches = world_batches(world, cfg, 2)
+    for step in (2, 3, 4):
+        imgs, caps = next(batches)
+        want_imgs, want_caps = world_batch(world, cfg, step)
+        assert (imgs == want_imgs).all() and caps == want_caps, step
+    batches.close()  # with steps 5 and 6 still in flight: returns, workers shut down
+    assert len(list(world_batches(world, _cfg(steps=7), 2))) == 5  # in-process: steps 2..6
+
+
+def test_a_run_with_render_workers_equals_one_without(world, minilm, tmp_path):
+    a = train_model(world, _cfg(steps=3), tmp_path / "a", text=minilm).parent / "checkpoint.pt"
+    b = train_model(world, _cfg(steps=3, workers=2), tmp_path / "b", text=minilm).parent / "checkpoint.pt"
+    a, b = torch.load(a, weights_only=False)["ema"], torch.load(b, weights_only=False)["ema"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(world, minilm, tmp_path):

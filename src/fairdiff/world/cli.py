@@ -107,6 +107,9 @@ def world_train_model(
         0.0, "--high-t-share", help="Share of timesteps drawn from [--high-t-from, 1000) (where skin bins separate)."
     ),
     high_t_from: int = typer.Option(850, "--high-t-from", help="Lowest timestep of that band (0-999)."),
+    workers: int = typer.Option(
+        0, "--workers", help="Processes rendering batches ahead of the step (same batches; for GPU runs)."
+    ),
 ) -> None:
     """Recipe: train the tiny text-to-image model on the world (resumable; checkpoints + log in --out)."""
     with expected_errors():
@@ -123,6 +126,8 @@ def world_train_model(
                 "--steps, --batch-size and --checkpoint-every must be >= 1, "
                 f"got {steps}, {batch_size}, {checkpoint_every}"
             )
+        if workers < 0:
+            raise FairdiffError(f"--workers must be >= 0, got {workers}")
         if not 0.0 <= high_t_share <= 1.0 or not 0 <= high_t_from < 1000:
             raise FairdiffError(
                 f"--high-t-share must be in [0, 1] and --high-t-from in [0, 1000), got {high_t_share}, {high_t_from}"
@@ -144,6 +149,7 @@ def world_train_model(
             high_t_share=high_t_share,
             high_t_from=high_t_from,
             init=None if init is None else str(init),
+            workers=workers,
         )
         with _progress() as progress:
             task = progress.add_task("train-model", total=steps)
