@@ -30,8 +30,8 @@ class SuiteSummary:
     spec: dict = field(default_factory=dict)
     truth_metrics: dict | None = None  # world suites: the headline metrics of the injected truth itself
 
-    def tables(self) -> dict[str, pd.DataFrame]:
-        """Every metrics table of the suite by name, as run dirs and `fairdiff report --csv` write them."""
+    def tables(self) -> dict[str, pd.DataFrame | None]:
+        """Every metrics table of the suite by name (None: not measured), as run dirs and `report --csv` write them."""
         f = self.frame
         if self.kind == "shares":
             return {"overall": f.overall, "by_prompt": f.by_prompt, "shares": f.shares}
