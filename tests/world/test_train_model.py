@@ -62,6 +62,8 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(world, minilm, tm
         assert torch.equal(a["ema"][key], b["ema"][key]), key
     log = [json.loads(line) for line in (tmp_path / "straight" / "train.log").read_text().splitlines()]
     assert log[-1]["step"] == 4 and log[-1]["loss"] > 0
+    assert json.loads((tmp_path / "resumed" / "exported.json").read_text()) == {"step": 4}
+    assert not (tmp_path / "resumed" / "pipeline.tmp").exists() and not (tmp_path / "resumed" / "pipeline.old").exists()
     pipe = TinyPortraitPipeline.from_pretrained(straight, tokenizer=minilm[0], text_encoder=minilm[1])
     assert pipe.unet.config.cross_attention_dim == 384 and resumed.is_dir()
 

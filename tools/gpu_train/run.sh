@@ -4,13 +4,15 @@
 #
 #   python tools/gpu_train/kit.py build                    # here, once: .gpu-kit (~47 MB; repo + kit < 64 MiB)
 #   device run: command "bash tools/gpu_train/run.sh", carry [".gpu-kit"], timeout_s 590
-#   bash tools/gpu_train/unpack.sh FILES_AT runs/gpu       # here: runs/gpu/pipeline, train.log, run.json
+#   bash tools/gpu_train/unpack.sh FILES_AT runs/gpu       # here: runs/gpu/pipeline, train.log, run.json, log.txt
 #
-# A probe of 250 steps measures steps/s; the run then gets as many steps as fit in BUDGET_S seconds, so its
-# cosine learning-rate schedule ends where the time does (a run that overruns by 60 s is stopped and its last
-# exported pipeline returned; run.json's pipeline_step says which). Settings by environment (defaults for an H200):
+# A probe of 250 steps measures steps/s; the run then gets as many steps as fit in BUDGET_S seconds (less if the
+# setup and probe ate into the call), so its cosine learning-rate schedule ends where the time does. Everything
+# ends by CALL_S after the start: a run still going then is stopped, and whatever exists comes back on any exit
+# (the log; the last pipeline swapped in whole, its step in run.json). Settings by environment (H200 defaults):
 BUDGET_S=${BUDGET_S:-400}
-UNET=${UNET:-block_out_channels=[48, 96, 192]}
+CALL_S=${CALL_S:-550}   # the device kills the call at timeout_s (590): packaging must be done before
+UNET=${UNET:-block_out_channels=[48, 96, 192]}   # <= ~15 M parameters: the pipeline must come back in 4 parts
 BATCH=${BATCH:-256}
 DEVICE=${DEVICE:-cuda}
 WORKERS=${WORKERS:-8}
@@ -20,42 +22,64 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=$(mktemp -d)
 t0=$(date +%s)
+deadline=$(( t0 + CALL_S ))
+steps=0
+
+package() {  # on every exit: at most 8 files of <= 16 MiB, 64 MiB in all, come back
+  set +e
+  for f in "$work"/probe.out "$work"/run.out; do [ -f "$f" ] && { echo "== $f"; tail -c 100000 "$f"; }; done > "$OUT/log.txt"
+  [ -f "$work/run/train.log" ] && cp "$work/run/train.log" "$OUT/train.log"
+  returned=false
+  if [ -d "$work/run/pipeline" ]; then
+    tar -C "$work/run" -cf "$work/pipeline.tar" pipeline
+    if [ "$(stat -c %s "$work/pipeline.tar")" -le $(( 60 * 1024 * 1024 )) ]; then
+      split -b 15m "$work/pipeline.tar" "$OUT/pipeline.tar.part-" && returned=true
+    fi
+  fi
+  "$PY" - "$work/run" "$steps" "$BATCH" "$UNET" "$(( $(date +%s) - t0 ))" "$returned" > "$OUT/run.json" <<'PY'
+import json, sys
+from pathlib import Path
+run = Path(sys.argv[1])
+log = [json.loads(line) for line in open(run / "train.log")] if (run / "train.log").exists() else []
+exported = json.loads((run / "exported.json").read_text())["step"] if (run / "exported.json").exists() else None
+print(json.dumps({"steps": int(sys.argv[2]), "pipeline_step": exported, "pipeline_returned": sys.argv[6] == "true",
+                  "last_log": log[-1] if log else None, "batch_size": int(sys.argv[3]), "unet": sys.argv[4],
+                  "call_s": int(sys.argv[5])}, indent=2))
+PY
+  ls -la "$OUT"
+}
+trap package EXIT
 
 "$PY" -m pip install -q --no-index --no-deps --target "$work/site" .gpu-kit/wheels/*.whl
 "$PY" tools/gpu_train/kit.py restore --kit .gpu-kit --to "$work/minilm" >/dev/null
 export PYTHONPATH="$PWD/src:$work/site:$PWD/.gpu-kit/shim" FAIRDIFF_MINILM_DIR="$work/minilm" PYTHONUNBUFFERED=1
 (nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true) | tee "$OUT/gpu.txt"
 
-train() {  # OUT_DIR STEPS CHECKPOINT_EVERY SECONDS: stopped after SECONDS (the last exported pipeline stays)
-  timeout "$4" "$PY" -m fairdiff world train-model --out "$1" --steps "$2" --checkpoint-every "$3" \
-    --batch-size "$BATCH" --device "$DEVICE" --workers "$WORKERS" --unet "$UNET" > "$1.out" 2>&1 || {
-    rc=$?; tail -c 3000 "$1.out"; [ "$rc" = 124 ] && [ -d "$1/pipeline" ] || exit 1; echo "stopped at the time limit"
-  }
+train() {  # NAME STEPS CHECKPOINT_EVERY SECONDS: stopped after SECONDS (the last whole pipeline stays)
+  local rc=0
+  timeout "$4" "$PY" -m fairdiff world train-model --out "$work/$1" --steps "$2" --checkpoint-every "$3" \
+    --batch-size "$BATCH" --device "$DEVICE" --workers "$WORKERS" --unet "$UNET" > "$work/$1.out" 2>&1 || rc=$?
+  [ "$rc" = 0 ] && return 0
+  tail -c 2000 "$work/$1.out"
+  [ "$rc" = 124 ] && [ -d "$work/$1/pipeline" ] && { echo "$1: stopped at the time limit"; return 0; }
+  exit 1
 }
 if [ -z "${STEPS:-}" ]; then  # STEPS=N skips the probe (a rerun whose rate is known)
-  train "$work/probe" 250 1000 240
-  STEPS=$("$PY" - "$work/probe/train.log" "$BUDGET_S" <<'PY'
+  train probe 250 1000 240
+  left=$(( deadline - $(date +%s) - 90 ))  # start-up, checkpoints and packaging of the main run
+  STEPS=$("$PY" - "$work/probe/train.log" "$BUDGET_S" "$left" <<'PY'
 import json, sys
 log = {r["step"]: r["elapsed_s"] for r in map(json.loads, open(sys.argv[1]))}
 rate = (250 - 100) / (log[250] - log[100])  # steps/s once workers and kernels are warm
-print(max(100, int(rate * float(sys.argv[2])) // 100 * 100))
+print(max(100, int(rate * min(float(sys.argv[2]), float(sys.argv[3]))) // 100 * 100))
 PY
   )
   echo "probe: $(tail -1 "$work/probe/train.log")"
 fi
 steps=$STEPS
-echo "main run: $steps steps"
-every=$(( (steps + 3) / 4 ))
-train "$work/run" "$steps" "$every" $(( BUDGET_S + 60 ))  # ends inside the 590 s call
-"$PY" - "$work/run/train.log" "$steps" "$every" "$BATCH" "$UNET" "$(( $(date +%s) - t0 ))" > "$OUT/run.json" <<'PY'
-import json, sys
-last = [json.loads(line) for line in open(sys.argv[1])][-1]
-steps, every = int(sys.argv[2]), int(sys.argv[3])
-exported = steps if last["step"] == steps else last["step"] // every * every  # stopped: the last checkpoint's
-print(json.dumps({"steps": steps, "steps_logged": last["step"], "pipeline_step": exported,
-                  "batch_size": int(sys.argv[4]), "unet": sys.argv[5], "train_s": last["elapsed_s"],
-                  "final_loss": last["loss"], "call_s": int(sys.argv[6])}, indent=2))
-PY
-cp "$work/run/train.log" "$OUT/train.log"
-tar -C "$work/run" -cf - pipeline | split -b 15m - "$OUT/pipeline.tar.part-"  # files come back <= 16 MiB each
-ls -la "$OUT"
+every=$(( steps / 4 / 50 * 50 ))  # a multiple of the log's 50 steps
+every=$(( every < 50 ? 50 : every ))
+echo "main run: $steps steps, checkpoints every $every"
+limit=$(( deadline - $(date +%s) - 20 ))
+[ "$limit" -gt 30 ] || { echo "no time left for the main run"; exit 1; }
+train run "$steps" "$every" "$limit"

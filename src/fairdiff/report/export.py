@@ -5,7 +5,8 @@ Each table of several runs is one file with a leading `run` column (the run's la
 
     rows.{csv,parquet}                            one row per image (run, run_dir, suite, arm, prompt, labels ...)
     quality.{csv,parquet}                         per run and arm: images, validity
-    metrics-<suite>-<table>.{csv,parquet}         overall / by_prompt / shares, or by_group / ratio / difference
+    metrics-<suite>-<table>.{csv,parquet}         overall / by_prompt / shares, or overall / by_group / ratio /
+                                                  difference / by_prompt (SuiteSummary.tables)
     truth-<suite>.{csv,parquet}                   world suites: each estimate beside the injected truth
     metrics.json                                  per run: RunSummary.to_dict()
 """

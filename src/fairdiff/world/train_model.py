@@ -4,8 +4,8 @@ Every step draws a fresh batch from the world (seeded by the run seed and the st
 same data as an uninterrupted one), renders it, and trains the UNet to predict v on noised images, with the
 caption dropped 10% of the time so classifier-free guidance works. An EMA of the weights is what gets
 exported. `out/checkpoint.pt` (a plain dict: config, step, weights, EMA, optimizer, RNG) is written every
-`checkpoint_every` steps together with the exported pipeline in `out/pipeline/`; a rerun with the same `out`
-continues from it.
+`checkpoint_every` steps together with the exported pipeline in `out/pipeline/` (swapped in whole; its step in
+`out/exported.json`); a rerun with the same `out` continues from it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import multiprocessing
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -88,7 +89,8 @@ def world_batch(world: WorldConfig, cfg: TrainModelConfig, step: int) -> tuple[n
 
 def world_batches(world: WorldConfig, cfg: TrainModelConfig, start: int) -> Iterator[tuple[np.ndarray, list[str]]]:
     """`world_batch` for steps start, start + 1, ..., cfg.steps - 1; with `cfg.workers` > 0 rendered ahead in that
-    many processes (2 batches per worker in flight). Close the iterator to stop the workers early."""
+    many processes (2 batches per worker in flight). Close the iterator to stop the workers early. The workers are
+    spawned, so a script that trains with workers needs the `if __name__ == "__main__":` guard."""
     if cfg.workers == 0:
         for step in range(start, cfg.steps):
             yield world_batch(world, cfg, step)
@@ -220,7 +222,14 @@ def train_model(
             out / "checkpoint.tmp",
         )
         (out / "checkpoint.tmp").replace(ckpt_path)  # atomic: a kill mid-write leaves the old checkpoint
-        build_tiny_pipeline(ema, text=(tokenizer, text_encoder)).save_pretrained(out / "pipeline")
+        # the pipeline too: written aside, then swapped in, then its step recorded (a kill leaves a whole one)
+        shutil.rmtree(out / "pipeline.tmp", ignore_errors=True)
+        build_tiny_pipeline(ema, text=(tokenizer, text_encoder)).save_pretrained(out / "pipeline.tmp")
+        if (out / "pipeline").exists():
+            (out / "pipeline").rename(out / "pipeline.old")
+        (out / "pipeline.tmp").rename(out / "pipeline")
+        shutil.rmtree(out / "pipeline.old", ignore_errors=True)
+        (out / "exported.json").write_text(json.dumps({"step": step}) + "\n")
 
     logger.info("training on %s, bf16 autocast %s", device, "on" if bf16 else "off")
     unet.train()
