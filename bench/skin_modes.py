@@ -68,17 +68,20 @@ def samplers(model: str, n: int, specs: list[str]) -> None:
             on = render.palette_distance(images) <= OFF_PALETTE
             # shares among faces in a colour the world draws: if these match the world config, the error is all
             # in-between faces; if not, the model also weighs the bins wrongly
-            on_shares = {s: float(np.mean(labels[on] == i)) for i, s in enumerate(SKINS)}
-            on_err = max(abs(on_shares[s] - truth[s]) for s in SKINS)
+            if on.any():
+                on_shares = {s: float(np.mean(labels[on] == i)) for i, s in enumerate(SKINS)}
+                on_err = f"{max(abs(on_shares[s] - truth[s]) for s in SKINS):.3f}"
+                on_shown = " ".join(f"{v:.3f}" for v in on_shares.values())
+            else:  # an early checkpoint may draw no face in a render's colour
+                on_err, on_shown = "-", "no face on the palette"
             # which label the in-between faces get: the share of each label's faces that are off-palette
             off_by = " ".join(
                 f"{s} {np.mean(~on[labels == i]) if (labels == i).any() else 0:.2f}" for i, s in enumerate(SKINS)
             )
             shown = " ".join(f"{s} {v:.3f}" for s, v in shares.items())
-            on_shown = " ".join(f"{v:.3f}" for v in on_shares.values())
             print(
                 f"{spec:10s} {occ:12s} {shown}  max err {err:.3f}  valid {valid:.3f}  off-palette {1 - on.mean():.3f}"
-                f"  | on-palette only: {on_shown}  max err {on_err:.3f}  | off-palette share per label: {off_by}"
+                f"  | on-palette only: {on_shown}  max err {on_err}  | off-palette share per label: {off_by}"
             )
 
 
