@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fairdiff.generate import run_pipeline
+from fairdiff.metrics.bootstrap import wilson_ci
 from fairdiff.models.loading import load_pipeline
 from fairdiff.world.classifier import load_classifier, predict_probs
 from fairdiff.world.gates import GateConfig, run_gates
@@ -57,6 +58,33 @@ def test_a_model_that_draws_the_world_passes_every_gate(world, classify):
     doctor_gender = report.guidance_amplification["doctor"]["gender"]
     assert doctor_gender["injected"] == pytest.approx(0.5) and doctor_gender["ratio"] is not None
     assert report.guidance_amplification["nurse"]["skin"]["ratio"] is None  # uniform in the world: no ratio
+    # the worst cell is the one behind the max error, and its CI holds its share; no miss anywhere
+    worst = report.fidelity_worst
+    assert worst["error"] == report.fidelity_max_error and worst["g1_ci"][0] <= worst["g1"] <= worst["g1_ci"][1]
+    occ, cell = worst["cell"].split(" ")
+    attribute, value = cell.split("=")
+    assert report.fidelity[occ][attribute][value]["g1"] == worst["g1"]
+    assert report.fidelity_misses_beyond_ci == [] and report.validity_ci[1] == 1.0
+
+
+def test_a_clear_fidelity_miss_is_beyond_its_ci_and_a_narrow_one_is_not(world, classify):
+    """Doctors drawn dark-skinned every time: a miss that no sampling noise explains. The 400-image gate's CI
+    on a 0.35 share is about +-0.047, so a share 0.09 off misses the +-0.08 band but not beyond its CI."""
+    oracle = _oracle(world)
+
+    def sample(prompts, seeds, guidance):
+        if guidance == 1.0 and prompts[0] == "a photo of the face of a doctor":
+            prompts = ["a photo of the face of a dark-skinned doctor"] * len(prompts)
+        return oracle(prompts, seeds, guidance)
+
+    report = run_gates(world, sample, classify, GateConfig(control_n=2, fidelity_n=100, guided_n=4, paraphrase_n=4))
+    assert not report.passed["fidelity"]
+    assert report.fidelity_worst["cell"] in ("doctor skin=light", "doctor skin=dark")
+    assert report.fidelity_worst["error"] == pytest.approx(0.95, abs=0.06)
+    assert {"doctor skin=light", "doctor skin=dark"} <= set(report.fidelity_misses_beyond_ci)
+    assert all(c.startswith("doctor skin=") for c in report.fidelity_misses_beyond_ci)
+    low, high = wilson_ci(140 + 36, 400, 0.95)  # 0.44 observed against 0.35: off by 0.09
+    assert low < 0.35 + 0.08 < 0.44 < high
 
 
 def test_a_model_that_ignores_attribute_words_fails_controllability(world, classify):

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from fairdiff.metrics import normalized_bias
+from fairdiff.metrics.bootstrap import wilson_ci
 from fairdiff.models.tiny import DEFAULT_GUIDANCE_SCALE
 from fairdiff.world.captions import describe, fill_template
 from fairdiff.world.config import WorldConfig
@@ -32,6 +33,7 @@ CONFIDENCE = 0.9
 # brown or brown and medium are > 12 away, medium/light midpoints only ~6, so those go uncounted
 OFF_PALETTE = 12.0
 MIN_SKEW = 0.1  # injected normalized bias below which no amplification ratio is reported
+CI = 0.95  # Wilson intervals on the fidelity shares and on validity: how far sampling alone moves them
 
 
 @dataclass
@@ -57,7 +59,7 @@ class GateConfig:
 class GateReport:
     config: dict
     controllability: dict[str, float]  # attribute -> share drawn as asked
-    fidelity: dict[str, dict]  # occupation -> attribute -> {value: {"injected", "g1", "guided"}}
+    fidelity: dict[str, dict]  # occupation -> attribute -> {value: {"injected", "g1", "g1_ci", "guided"}}
     fidelity_max_error: float
     guidance_amplification: dict[str, dict[str, dict]]  # occupation -> attribute -> normalized bias + ratio
     validity: float
@@ -67,6 +69,12 @@ class GateReport:
     # fidelity occupation at guidance 1 and over every gate image ("all")
     off_palette: dict[str, float] = field(default_factory=dict)
     passed: dict[str, bool] = field(default_factory=dict)
+    # sampling uncertainty, beside (not instead of) the point estimates the gates pass or fail on: the cell
+    # behind fidelity_max_error with its share's CI; the cells whose whole CI lies outside injected +- tolerance
+    # (a miss that more images would not undo); validity's CI
+    fidelity_worst: dict = field(default_factory=dict)
+    fidelity_misses_beyond_ci: list[str] = field(default_factory=list)
+    validity_ci: tuple[float, float] = (float("nan"), float("nan"))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +83,13 @@ class GateReport:
         """(gate, measured, target, passed) per gate, for tables."""
         c = self.config
         control = ", ".join(f"{a} {v:.3f}" for a, v in self.controllability.items())
+        w, pct = self.fidelity_worst, round(100 * c.get("ci", CI))
+        worst = (
+            f" ({w['cell']}: {w['g1']:.3f} vs {w['injected']:.2f}, {pct}% CI {w['g1_ci'][0]:.3f}-{w['g1_ci'][1]:.3f};"
+            f" cells missing beyond their CI: {len(self.fidelity_misses_beyond_ci)})"
+            if w
+            else ""
+        )
         return [
             (
                 "controllability (share drawn as asked)",
@@ -84,13 +99,13 @@ class GateReport:
             ),
             (
                 "fidelity, guidance 1 (max |share - injected|)",
-                f"{self.fidelity_max_error:.3f}",
+                f"{self.fidelity_max_error:.3f}{worst}",
                 f"<= {c['fidelity_tol']}",
                 self.passed["fidelity"],
             ),
             (
                 "validity (confidence >= 0.9 on every head)",
-                f"{self.validity:.3f}",
+                f"{self.validity:.3f} ({pct}% CI {self.validity_ci[0]:.3f}-{self.validity_ci[1]:.3f})",
                 f">= {c['validity_min']}",
                 self.passed["validity"],
             ),
@@ -157,6 +172,8 @@ def run_gates(
     fidelity: dict[str, dict] = {}
     amplification: dict[str, dict[str, dict]] = {}
     max_err = 0.0
+    worst: dict = {}
+    beyond_ci: list[str] = []
     off_palette: dict[str, float] = {}
     for occ in cfg.fidelity_occupations:
         text = fill_template(TEMPLATE, describe(occupation=occ))
@@ -168,8 +185,16 @@ def run_gates(
         fidelity[occ], amplification[occ] = {}, {}
         for a in ("gender", "skin", "age", "attire"):
             s1, sg = _shares(g1, a), _shares(guided, a)
-            fidelity[occ][a] = {v: {"injected": truth[a][v], "g1": s1[v], "guided": sg[v]} for v in ATTRIBUTES[a]}
-            max_err = max(max_err, *(abs(s1[v] - truth[a][v]) for v in ATTRIBUTES[a]))
+            fidelity[occ][a] = {}
+            for v in ATTRIBUTES[a]:
+                lo, hi = (float(x) for x in wilson_ci(round(s1[v] * len(g1[a])), len(g1[a]), CI))
+                cell = {"injected": truth[a][v], "g1": s1[v], "g1_ci": [lo, hi], "guided": sg[v]}
+                fidelity[occ][a][v] = cell
+                err = abs(s1[v] - truth[a][v])
+                if err > max_err or not worst:
+                    max_err, worst = err, {"cell": f"{occ} {a}={v}", **cell, "error": err}
+                if lo > truth[a][v] + cfg.fidelity_tol or hi < truth[a][v] - cfg.fidelity_tol:
+                    beyond_ci.append(f"{occ} {a}={v}")
             # how guidance changes the skew: normalized bias (0 = parity) at guidance 1 and at the default;
             # the ratio only where the world injected a skew (a ratio of two near-zero biases is noise)
             bias = {
@@ -197,10 +222,12 @@ def run_gates(
             }
             para_max = max(para_max, err)
 
-    validity = float(np.mean(np.concatenate(confident)))
+    confident_all = np.concatenate(confident)
+    validity = float(np.mean(confident_all))
+    validity_ci = tuple(float(x) for x in wilson_ci(int(confident_all.sum()), len(confident_all), CI))
     off_palette["all"] = float(np.mean(np.concatenate(off)))
     report = GateReport(
-        config=asdict(cfg),
+        config={**asdict(cfg), "ci": CI},
         controllability=controllability,
         fidelity=fidelity,
         fidelity_max_error=max_err,
@@ -209,6 +236,9 @@ def run_gates(
         paraphrase=paraphrase,
         paraphrase_max_error=para_max,
         off_palette=off_palette,
+        fidelity_worst=worst,
+        fidelity_misses_beyond_ci=beyond_ci,
+        validity_ci=validity_ci,
     )
     report.passed = {
         "controllability": min(controllability.values()) >= cfg.control_min,
