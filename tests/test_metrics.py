@@ -436,6 +436,14 @@ def test_cli_labels_with_target_intersection_and_outcome(tmp_path):
         ("prompt,gender\na,man\n", ["--groups", "gender"], "--groups needs --outcome"),
         ("prompt,gender\na,man\nb,man\n", [], "column 'gender' holds one class only (man)"),
         ("attribute,class,count\ngender,man,inf\ngender,woman,1\n", [], "count"),
+        # a counts file with one class: every formula would divide 0 by 0 (or read "no deviation")
+        ("prompt,attribute,class,count\na,gender,man,10\nb,gender,man,7\n", [], "counts for one class only (man)"),
+        (
+            "attribute,class,count\ngender,man,3\ngender,woman,1\n",
+            ["--attributes", "Gender"],
+            "no counts for ['Gender']",
+        ),
+        ("prompt,gender\na,man\nb,woman\n", ["--max-prompts", "-1"], "--max-prompts must be >= 0"),
     ],
 )
 def test_cli_bad_input_is_one_red_line(tmp_path, content, args, message):
@@ -472,3 +480,63 @@ def test_share_ci_covers_a_rare_class_at_small_n():
     dark = shares[shares["class"] == "dark"]
     coverage = ((dark["ci_low"] <= 0.05) & (0.05 <= dark["ci_high"])).mean()
     assert coverage >= 0.9, coverage
+
+
+def test_ci_does_not_depend_on_the_order_of_the_rows():
+    """A sharded or resumed run stores rows in another order than one run; a CSV may come shuffled."""
+    counts = _fair_diffusion()
+    counts = counts[counts["prompt"].isin(counts["prompt"].unique()[:20])]
+    shuffled = counts.sample(frac=1.0, random_state=1)
+    a, b = MetricFrame.from_counts(counts, seed=3), MetricFrame.from_counts(shuffled, seed=3)
+    key = ["arm", "prompt", "attribute"]
+    pd.testing.assert_frame_equal(
+        a.by_prompt.sort_values(key).reset_index(drop=True), b.by_prompt.sort_values(key).reset_index(drop=True)
+    )
+    pd.testing.assert_frame_equal(
+        a.overall.sort_values("arm").reset_index(drop=True), b.overall.sort_values("arm").reset_index(drop=True)
+    )
+
+
+def test_cli_numeric_labels_with_a_gap_read_as_whole_numbers(tmp_path):
+    """A Monk tone column 1-10 with an empty cell is read by pandas as floats (1.0); its labels stay "1"."""
+    path = tmp_path / "monk.csv"
+    path.write_text("prompt,monk,nsfw\na,1,0\na,2,1\na,1,\na,,0\nb,2,1\nb,1,0\n")
+    out = tmp_path / "m.json"
+    args = ["metrics", str(path), "--attributes", "monk", "--target", "monk=1:0.5,2:0.5", "--json", str(out)]
+    result = runner.invoke(app, [*args, "--outcome", "nsfw=1", "--groups", "monk", "--n-boot", "50"])
+    assert result.exit_code == 0, result.output
+    shares = json.loads(out.read_text())["metrics"]["shares"]
+    assert {(r["prompt"], r["class"]): r["share"] for r in shares}[("a", "1")] == pytest.approx(2 / 3)
+    # without --attributes the numeric column is not measured, and the user is told so
+    result = runner.invoke(app, ["metrics", str(path), "--n-boot", "50"])
+    assert "numeric column(s) ['monk', 'nsfw'] not taken as attributes" in _error_line(result)
+    path.write_text("prompt,gender,monk\na,man,1\na,woman,2\n")
+    result = runner.invoke(app, ["metrics", str(path), "--n-boot", "50"])
+    assert result.exit_code == 0 and "numeric column(s) ['monk'] not taken" in " ".join(result.output.split())
+
+
+def test_cli_reads_fairdiffs_own_rows_csv(tmp_path):
+    """rows.csv of an audit: suite, text, negative, sha256 and field_* identify the image, they are not labels."""
+    rows = pd.DataFrame(
+        {
+            "suite": "s",
+            "arm": "base",
+            "prompt": ["p1", "p1", "p2", "p2"],
+            "text": ["a doctor", "a doctor", "a nurse", "a nurse"],
+            "negative": ["revealing clothes"] * 4,
+            "seed": range(4),
+            "image": [f"images/{i}.png" for i in range(4)],
+            "sha256": ["ab"] * 4,
+            "field_gender": ["man", "man", None, None],
+            "gender": ["man", "woman", "woman", "woman"],
+            "conf_gender": 0.99,
+            "valid": True,
+        }
+    )
+    path = tmp_path / "rows.csv"
+    rows.to_csv(path, index=False)
+    out = tmp_path / "m.json"
+    result = runner.invoke(app, ["metrics", str(path), "--json", str(out), "--n-boot", "50"])
+    assert result.exit_code == 0, result.output
+    assert {r["attribute"] for r in json.loads(out.read_text())["metrics"]["overall"]} == {"gender"}
+    assert "classes read from the data (gender: man, woman)" in " ".join(result.output.split())

@@ -251,3 +251,23 @@ def test_a_target_naming_classes_the_detector_lacks_is_refused_before_drawing(tm
     with pytest.raises(FairdiffError, match="target.gender names female, male; detector world has classes man, woman"):
         _run(_cfg(suites=[str(suite)]), tmp_path / "run", tiny)
     assert not (tmp_path / "run" / STORE_NAME).exists()
+
+
+def test_resume_fingerprint_is_about_contents_not_paths(tmp_path, monkeypatch):
+    """A resume may spell the suite or adapter file another way, or run from another folder."""
+    suite = tmp_path / "mine.yaml"
+    suite.write_text("name: mine\ntemplates: ['a {x}']\nmeasure: [gender]\nvalues: {x: [cook]}\n")
+    monkeypatch.chdir(tmp_path)
+
+    def fingerprint(suite_path: str, adapter_path: str, weight: str = "0.5") -> str:
+        arm = {"kind": "adapter", "name": "a", "adapters": [f"{adapter_path}:{weight}"]}
+        cfg = AuditConfig(suites=[suite_path], arms=[arm])
+        return cfg.fingerprint([load_suite(suite_path)], {adapter_path: "ab12"})
+
+    same = {
+        fingerprint(s, a) for s in ("mine.yaml", "./mine.yaml", str(suite)) for a in ("x.st", str(tmp_path / "x.st"))
+    }
+    assert len(same) == 1
+    assert fingerprint("mine.yaml", "x.st", weight="0.7") not in same
+    suite.write_text("name: mine\ntemplates: ['a {x}']\nmeasure: [gender]\nvalues: {x: [chef]}\n")
+    assert fingerprint("mine.yaml", "x.st") not in same

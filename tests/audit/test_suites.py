@@ -85,6 +85,9 @@ BASE = {
         ({"images_per_prompt": 0}, "images_per_prompt: must be an integer >= 1"),
         ({"colour": "blue"}, "colour: unknown key"),
         ({"kind": "outcome", "outcome": "revealing", "groups": ["skin"]}, "groups: must name template fields"),
+        # the name becomes folders of the run dir: a "/" or ".." would write images outside it
+        ({"name": "team/occupations"}, "name: names folders of the run dir"),
+        ({"name": "../../escaped"}, "name: names folders of the run dir"),
     ],
 )
 def test_malformed_suite_names_the_problem(change, message):

@@ -91,6 +91,20 @@ def test_not_a_run_dir(tmp_path):
         load_run(tmp_path)
 
 
+def test_a_run_with_no_images_yet_is_one_red_line(run_dir, tmp_path):
+    """An audit stopped before its first batch: audit-merge and report say so (no KeyError from pandas)."""
+    from typer.testing import CliRunner
+
+    from cli_helpers import error_line
+    from fairdiff.cli import app
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "audit.json").write_text((run_dir / "audit.json").read_text())
+    for command in (["audit-merge", str(empty)], ["report", str(empty)]):
+        assert "the audit has no images yet" in error_line(CliRunner().invoke(app, command)), command
+
+
 def test_truth_metrics_and_their_expectation_from_n_images(run_dir):
     occ = summarize(load_run(run_dir), n_boot=50).suites["world-occupations"]
     t = occ.truth_metrics

@@ -23,7 +23,8 @@ from fairdiff.errors import FairdiffError
 from fairdiff.models.prompts import split_negative_terms
 
 ARM_KINDS: dict[str, type[Arm]] = {}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+# arm and suite names become folder and file names in a run dir: no "/", no ".." and no leading dot
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 def register_arm(kind: str) -> Callable[[type[Arm]], type[Arm]]:
@@ -44,7 +45,7 @@ class Arm:
     kind: ClassVar[str] = "base"
 
     def check(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not SAFE_NAME.match(self.name):
             raise FairdiffError(f"arm name {self.name!r}: use letters, digits and _ . + - only")
         g = self.guidance
         if g is not None and (not isinstance(g, (int, float)) or isinstance(g, bool) or not np.isfinite(g) or g < 0):

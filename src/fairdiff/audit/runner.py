@@ -65,12 +65,24 @@ class AuditConfig:
     def fingerprint(self, suites: list[Suite] | None = None, adapter_hashes: dict | None = None) -> str:
         """What must not change between a run and its resume: every option that changes the images or labels,
         and the contents (not the names) of the suites, the world config and the adapter files."""
-        keep = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device")}
+        # paths are left out (a resume may spell a file another way, or run from another folder): the suites'
+        # prompts, the world config's text and each adapter's hash stand for them
+        keep = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device", "suites", "world")}
         if self.world:
             keep["world_text"] = Path(self.world).read_text() if Path(self.world).is_file() else None
-        keep["suites_spec"] = [s.spec() for s in suites or []]
-        keep["adapter_hashes"] = adapter_hashes or {}
+        keep["suites_spec"] = [{k: v for k, v in s.spec().items() if k != "source"} for s in suites or []]
+        keep["arms"] = [_adapters_by_hash(a, adapter_hashes or {}) for a in self.arms]
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _adapters_by_hash(arm: dict, hashes: dict[str, str]) -> dict:
+    """An arm's spec with each adapter "FILE[:WEIGHT]" as "SHA256:WEIGHT" (the file's path as given if unhashed)."""
+    if not arm.get("adapters"):
+        return arm
+    from fairdiff.adapters.engine import parse_adapter_spec
+
+    specs = [parse_adapter_spec(t) for t in arm["adapters"]]
+    return {**arm, "adapters": [f"{hashes.get(str(s.path), str(s.path))}:{s.weight!r}" for s in specs]}
 
 
 @dataclass(frozen=True)

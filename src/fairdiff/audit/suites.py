@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from fairdiff.audit.arms import SAFE_NAME
 from fairdiff.errors import FairdiffError
 
 BUILTIN_SUITES = ("occupations", "avatars", "paraphrases", "world-occupations", "world-avatars", "world-paraphrases")
@@ -142,6 +143,8 @@ def parse_suite(data: Any, source: str = "<dict>", world_config=None) -> Suite:
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise c.fail("name", f"expected a non-empty string, got {name!r}")
+    if not SAFE_NAME.match(name):
+        raise c.fail("name", f"names folders of the run dir: letters, digits and _ . + - only, got {name!r}")
     kind = data.get("kind", "shares")
     if kind not in KINDS:
         raise c.fail("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fairdiff.audit.results import RunResults
+from fairdiff.errors import FairdiffError
 from fairdiff.metrics import SHARE_METRICS, MetricFrame, OutcomeFrame
 from fairdiff.metrics.frame import plain, records
 
@@ -67,6 +68,8 @@ class RunSummary:
 
 def summarize(results: RunResults, n_boot: int = 1000, seed: int = 0) -> RunSummary:
     rows = results.rows
+    if rows.empty:
+        raise FairdiffError(f"{results.run_dir}: the audit has no images yet (resume it or pick another run dir)")
     truth_all = results.record.get("truth", {})
     suites: dict[str, SuiteSummary] = {}
     for name, spec in results.suites.items():

@@ -38,8 +38,11 @@ def metrics(
     with expected_errors():
         import json
 
+        from fairdiff.errors import FairdiffError
         from fairdiff.metrics.csv_input import assess_csv
 
+        if max_prompts < 0:
+            raise FairdiffError(f"--max-prompts must be >= 0, got {max_prompts}")
         result = assess_csv(
             file,
             target=target or (),
@@ -58,6 +61,8 @@ def metrics(
             payload |= {"outcome": result.outcome.to_dict() if result.outcome else None}
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(payload, indent=2) + "\n")
+        for note in result.notes:
+            console.print(f"[yellow]note:[/] {note}")
         _print_metrics(result, max_prompts)
         if json_out is not None:
             console.print(f"all results in {json_out}")

@@ -8,7 +8,7 @@ Two shapes, told apart by their columns:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -19,8 +19,14 @@ from fairdiff.metrics.labels import ARM, PRODUCT, infer_classes
 from fairdiff.metrics.outcome import OutcomeFrame
 
 COUNT_COLUMNS = ("attribute", "class", "count")
-# per-image columns that identify an image rather than label it; never taken as attributes
-ID_COLUMNS = frozenset({"image", "path", "file", "filename", "id", "image_id", "seed", "key", "job", "job_key"})
+# per-image columns that identify an image rather than label it; never taken as attributes (with fairdiff's own
+# rows.csv: suite, the prompt's text and negative, the image hash, and the fields a prompt asked for)
+ID_COLUMNS = frozenset(
+    {"image", "path", "file", "filename", "id", "image_id", "seed", "key", "job", "job_key"}
+    | {"suite", "text", "negative", "sha256"}
+)
+ID_PREFIXES = ("field_", "conf_", "prob_")
+MAX_NUMERIC_CLASSES = 12  # a skipped numeric column with this few whole values may be a label (a Monk tone 1-10)
 
 
 @dataclass
@@ -29,6 +35,7 @@ class CsvMetrics:
     group_by: str | None
     frame: MetricFrame
     outcome: OutcomeFrame | None
+    notes: list[str] = field(default_factory=list)  # what was assumed about the file, for the user to check
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -85,8 +92,29 @@ def parse_outcome(spec: str) -> tuple[str, str | None]:
 
 def label_columns(df: pd.DataFrame, exclude: Sequence[str]) -> list[str]:
     """Attribute columns of a per-image table: text columns that are not the group, arm, outcome or an id."""
+    return [c for c in _candidates(df, exclude) if not pd.api.types.is_numeric_dtype(df[c])]
+
+
+def _candidates(df: pd.DataFrame, exclude: Sequence[str]) -> list[str]:
     skip = {*exclude, ARM, *ID_COLUMNS}
-    return [c for c in df.columns if c not in skip and not pd.api.types.is_numeric_dtype(df[c])]
+    return [c for c in df.columns if c not in skip and not c.startswith(ID_PREFIXES)]
+
+
+def _whole_numbers(column: pd.Series) -> bool:
+    values = column.dropna()
+    return (
+        pd.api.types.is_numeric_dtype(column)
+        and not pd.api.types.is_bool_dtype(column)
+        and len(values) > 0
+        and bool((values == values.round()).all())
+    )
+
+
+def as_labels(column: pd.Series) -> pd.Series:
+    """A label column as text: whole numbers read as floats because a cell is empty (1.0, NaN) become "1"."""
+    if _whole_numbers(column):
+        return column.map(lambda v: v if pd.isna(v) else str(int(v)))
+    return column
 
 
 def assess_csv(
@@ -117,8 +145,22 @@ def assess_csv(
     if all(c in df.columns for c in COUNT_COLUMNS):
         if intersections:
             raise FairdiffError("intersections need per-image labels; give counts for the product attribute instead.")
+        present = list(pd.unique(df["attribute"].astype(str)))
         if attributes:
+            unknown = [a for a in attributes if a not in present]
+            if unknown:
+                raise FairdiffError(f"--attributes: {path} has no counts for {unknown}; its attributes are {present}.")
             df = df[df["attribute"].astype(str).isin(attributes)]
+        observed = {
+            a: sorted(rows["class"].astype(str).unique())
+            for a, rows in df.groupby(df["attribute"].astype(str), sort=False)
+        }
+        for a, classes in observed.items():
+            if a not in mix and len(classes) < 2:
+                raise FairdiffError(
+                    f"{path}: attribute {a!r} has counts for one class only ({', '.join(classes)}); name every class"
+                    f" with --target {a}=CLASS:SHARE,... (e.g. {a}=man:0.5,woman:0.5)"
+                )
         frame = MetricFrame.from_counts(df, target=mix, group_by=group_by, **boot)
         outcome_frame = None
         if out_column:
@@ -126,16 +168,31 @@ def assess_csv(
                 raise FairdiffError(f"in a counts file --outcome names a column of positive counts, got {outcome!r}.")
             rows = df[df["attribute"].astype(str).isin(groups)] if groups else df
             outcome_frame = OutcomeFrame.from_counts(rows, positives=out_column, **boot)
-        return CsvMetrics("counts", group_by, frame, outcome_frame)
+        notes = _inferred_note({a: c for a, c in observed.items() if a not in mix})
+        return CsvMetrics("counts", group_by, frame, outcome_frame, notes)
 
     exclude = [c for c in (group_by, out_column) if c]
     names = list(attributes) if attributes else label_columns(df, exclude)
+    numeric = (
+        []
+        if attributes
+        else [c for c in _candidates(df, exclude) if _whole_numbers(df[c]) and df[c].nunique() <= MAX_NUMERIC_CLASSES]
+    )
+    skipped = f"numeric column(s) {numeric} not taken as attributes; name them with --attributes to measure them"
     if not names:
         raise FairdiffError(
             f"{path}: no attribute columns found (columns {list(df.columns)}). Give per-image labels, one text "
             f"column per attribute, or counts with columns {', '.join(COUNT_COLUMNS)}."
+            + (f" The {skipped}." if numeric else "")
         )
+    notes = [skipped] if numeric else []
+    for c in names:
+        if c in df.columns:
+            df[c] = as_labels(df[c])
+    if out_column and positive is not None and out_column in df.columns:
+        df[out_column] = as_labels(df[out_column])
     classes = infer_classes(df, names, mix)
+    notes += _inferred_note({a: c for a, c in classes.items() if a not in mix and len(c) >= 2})
     single = [a for a, c in classes.items() if len(c) < 2]
     if single:
         a = single[0]
@@ -151,4 +208,12 @@ def assess_csv(
         outcome_frame = OutcomeFrame(
             data=df, outcome=out_column, positive=positive, groups=specs, classes=classes, **boot
         )
-    return CsvMetrics("labels", group_by, frame, outcome_frame)
+    return CsvMetrics("labels", group_by, frame, outcome_frame, notes)
+
+
+def _inferred_note(classes: dict[str, Sequence[str]]) -> list[str]:
+    """A class that no image has is not counted (K shrinks): say which classes were read from the data."""
+    if not classes:
+        return []
+    listed = "; ".join(f"{a}: {', '.join(c)}" for a, c in classes.items())
+    return [f"classes read from the data ({listed}); a class no image has is left out, --target names them all"]

@@ -145,7 +145,11 @@ def _assess_block(
     rng = stream(cfg.seed, block.arm, block.attribute)
     n = block.counts.sum(axis=1)  # (P,)
     p_hat = block.counts / n[:, None]  # (P, K)
-    draws = resample_counts(block.counts, cfg.n_boot, rng) / n[:, None]  # (B, P, K)
+    # draws are made in the prompts' sorted order, so CIs do not depend on the order rows came in (a sharded or
+    # resumed run, a shuffled CSV)
+    order = np.argsort(np.asarray(block.prompts, dtype=object), kind="stable")
+    draws = np.empty((cfg.n_boot, *p_hat.shape))
+    draws[:, order] = resample_counts(block.counts[order], cfg.n_boot, rng) / n[order, None]  # (B, P, K)
     share_low, share_high = wilson_ci(block.counts, n[:, None], cfg.confidence)  # (P, K) each
     n_prompts, k = p_hat.shape
     shares = pd.DataFrame(
@@ -174,7 +178,7 @@ def _assess_block(
         if n_prompts == 1:  # no spread of prompts to resample: the one prompt's image CI
             summary = (float(point[0]), float(low[0]), float(high[0]))
         else:
-            summary = prompt_mean_ci(point, cfg.n_boot, cfg.confidence, rng)
+            summary = prompt_mean_ci(point[order], cfg.n_boot, cfg.confidence, rng)
         overall.update(zip(_with_ci(name), summary, strict=True))
     return shares, pd.DataFrame(by_prompt), overall
 

@@ -69,8 +69,6 @@ def load_runs(run_dirs: Sequence[str | Path], n_boot: int = 1000, seed: int = 0)
     labels = run_labels(paths)
     for path, label in zip(paths, labels, strict=True):
         results = load_run(path)
-        if results.rows.empty:
-            raise FairdiffError(f"{path}: the audit has no images yet (resume it or pick another run dir)")
         logger.info("summarizing %s (%d images)", path, len(results.rows))
         summary = summarize(results, n_boot=n_boot, seed=seed)
         runs.append(ReportRun(label, path, results, summary, labelled=len(paths) > 1))
