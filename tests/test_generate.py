@@ -61,3 +61,24 @@ def test_generate_writes_pngs_grid_and_sidecar(random_tiny_dir, tmp_path):
 def test_config_checks(kwargs, message):
     with pytest.raises(FairdiffError, match=message):
         GenerateConfig(**{"prompt": "a doctor", **kwargs}).check()
+
+
+def test_a_failed_adapter_setup_leaves_the_pipeline_unwrapped(random_tiny_dir, tmp_path, monkeypatch):
+    import torch
+
+    from fairdiff.adapters import LoRAAdapter, LoRALayer, LoRASlots, write_peft
+    from fairdiff.adapters.engine import AdapterHandle
+
+    loaded = load_pipeline(str(random_tiny_dir))
+    name, module = next((n, m) for n, m in loaded.pipeline.unet.named_modules() if n.endswith("attn2.to_k"))
+    layer = LoRALayer(torch.ones(2, module.in_features), torch.ones(module.out_features, 2), 2.0, 1.0)
+    peft = write_peft(LoRAAdapter({"model": {name: layer}}), tmp_path / "lora")
+
+    def fail(self, weights):
+        raise FairdiffError("combination failed")
+
+    monkeypatch.setattr(AdapterHandle, "set_combination", fail)  # fails after the layers are wrapped
+    cfg = GenerateConfig(prompt="a doctor", n=1, steps=1, adapters=[str(peft)])
+    with pytest.raises(FairdiffError, match="combination failed"):
+        generate(loaded, cfg, tmp_path / "out")
+    assert not any(isinstance(m, LoRASlots) for m in loaded.pipeline.unet.modules())

@@ -117,16 +117,21 @@ def effective_guidance(loaded: LoadedModel, guidance: float | None) -> float | N
 
 def attach_config_adapters(loaded: LoadedModel, cfg: GenerateConfig):
     """Attach `cfg.adapters` with their weights as the combination for every image; returns (handle or None,
-    sidecar records: path, sha256, weight, format)."""
+    sidecar records: path, sha256, weight, format). On error the pipeline is left as it was."""
     if not cfg.adapters:
         return None, []
     from fairdiff.adapters.engine import adapter_record, attach_adapters, load_adapter_specs
 
     unet = getattr(loaded.pipeline, "unet", None)  # kohya SDXL keys are mapped with its config
     specs, adapters = load_adapter_specs(cfg.adapters, cfg.allow_pickle, getattr(unet, "config", None))
+    records = [adapter_record(s, a) for s, a in zip(specs, adapters, strict=True)]
     handle = attach_adapters(loaded.pipeline, adapters)
-    handle.set_combination([s.weight for s in specs])
-    return handle, [adapter_record(s, a) for s, a in zip(specs, adapters, strict=True)]
+    try:
+        handle.set_combination([s.weight for s in specs])
+    except BaseException:
+        handle.detach()
+        raise
+    return handle, records
 
 
 def generate(
@@ -140,8 +145,9 @@ def generate(
     seeds = [cfg.seed + i for i in range(cfg.n)]
     files, images = [], []
     t0 = time.time()
-    handle, adapter_records = attach_config_adapters(loaded, cfg)
+    handle = None
     try:
+        handle, adapter_records = attach_config_adapters(loaded, cfg)
         for start in range(0, cfg.n, cfg.batch_size):
             batch = seeds[start : start + cfg.batch_size]
             pixels = run_pipeline(

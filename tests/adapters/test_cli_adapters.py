@@ -112,3 +112,19 @@ def test_errors_are_one_red_line(tmp_path):
     peft_dir = _tiny_peft(tmp_path)
     line = _error_line(runner.invoke(app, ["adapters", "compose", str(peft_dir), "--method", "mean", "--out", "x"]))
     assert "unknown --method 'mean'" in line
+
+
+def test_convert_and_compose_overwrite_an_existing_out(tmp_path):
+    out = tmp_path / "out"
+    te = LoRAAdapter({"text_encoder": {"enc.q": LoRALayer(torch.ones(2, 4), torch.ones(4, 2), 2.0, 1.0)}})
+    write_peft(te, out)  # an earlier adapter with a text-encoder part
+    _ok(runner.invoke(app, ["adapters", "convert", str(_kohya_file(tmp_path)), "--out", str(out)]))
+    assert set(read_peft(out).components) == {"unet"} and (out / "convert.json").is_file()
+    a = _tiny_peft(tmp_path, "a", 0)
+    _ok(runner.invoke(app, ["adapters", "compose", f"{a}:0.5", "--out", str(out)]))
+    assert set(read_peft(out).components) == {"model"}
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "compose.json"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    line = _error_line(runner.invoke(app, ["adapters", "compose", str(a), "--out", str(tmp_path / "mine")]))
+    assert "is not a PEFT adapter directory" in line and (tmp_path / "mine" / "notes.txt").is_file()

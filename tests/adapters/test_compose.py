@@ -153,3 +153,28 @@ def test_factored_and_randomized_reranks_match_the_exact_svd(monkeypatch):
     S = torch.linalg.svdvals(noisy)
     _, _, error_random = low_rank(noisy, 3)
     assert error_random == pytest.approx((S[3:].square().sum() / S.square().sum()).sqrt().item(), rel=1e-2)
+
+
+def test_compose_joins_one_layer_spelled_with_and_without_text_model():
+    def layer(seed):
+        g = torch.Generator().manual_seed(seed)
+        return LoRALayer(torch.randn(2, 4, generator=g), torch.randn(4, 2, generator=g), alpha=2.0, scale=0.5)
+
+    kohya = LoRAAdapter({"text_encoder": {"text_model.encoder.q": layer(0)}}, source="kohya")
+    diffusers = LoRAAdapter({"text_encoder": {"encoder.q": layer(1)}}, source="diffusers")
+    composed = compose([kohya, diffusers], [1.0, -2.0]).adapter
+    assert list(composed.components["text_encoder"]) == ["text_model.encoder.q"]  # the first adapter's spelling
+    expected = _delta(kohya, "text_encoder", "text_model.encoder.q") - 2 * _delta(
+        diffusers, "text_encoder", "encoder.q"
+    )
+    torch.testing.assert_close(_delta(composed, "text_encoder", "text_model.encoder.q"), expected)
+
+    both = LoRAAdapter({"text_encoder": {"text_model.encoder.q": layer(0), "encoder.q": layer(1)}}, source="both")
+    with pytest.raises(
+        FairdiffError, match="adapter both: text_encoder 'text_model.encoder.q' and 'encoder.q' are one"
+    ):
+        compose([both], [1.0])
+    peft = LoRAAdapter({"model": {"mid.q": layer(0)}}, source="peft")
+    unet = LoRAAdapter({"unet": {"mid.q": layer(1)}}, source="unet")
+    with pytest.raises(FairdiffError, match="'model' 'mid.q' .* and unet 'mid.q' may be one layer"):
+        compose([peft, unet], [1.0, 1.0])

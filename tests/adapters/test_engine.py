@@ -147,3 +147,153 @@ def test_rows_tile_when_the_layer_batch_is_a_multiple():
     layer.sample_weights = rows
     with pytest.raises(ValueError, match="has rows for 3 samples; the layer sees a batch of 4"):
         layer(torch.randn(4, 6))
+
+
+def _lora(rank: int = 2, out: int = 4, inp: int = 4, seed: int = 0, key: str = "") -> LoRALayer:
+    g = torch.Generator().manual_seed(seed)
+    return LoRALayer(torch.randn(rank, inp, generator=g), torch.randn(out, rank, generator=g), rank, 1.0, key=key)
+
+
+def _two_linears(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+
+
+def test_a_failed_hot_swap_changes_nothing():
+    model = _two_linears()
+    first = LoRAAdapter({"model": {"0": _lora(seed=1), "1": _lora(seed=2)}}, source="first")
+    handle = attach_adapters(model, [first])
+    handle.set_combination([1.0])
+    x = torch.randn(3, 4)
+    before = model(x).detach()
+    slots = [(layer.lora_A.detach().clone(), layer.lora_B.detach().clone()) for _, _, layer in handle.layers()]
+    # layer "0" fits, layer "1" has rank 3 > the slots' rank 2: found only after "0" would have been written
+    bad = LoRAAdapter({"model": {"0": _lora(seed=3), "1": _lora(rank=3, seed=4, key="1.lora_A")}}, source="bad")
+    with pytest.raises(FairdiffError, match=r"adapter bad: '1' \(key '1.lora_A'\): adapter A \(3, 4\)"):
+        handle.load(0, bad)
+    assert handle.adapters[0].source == "first"
+    for (A, B), (_, _, layer) in zip(slots, handle.layers(), strict=True):
+        assert torch.equal(layer.lora_A, A) and torch.equal(layer.lora_B, B)
+    assert torch.equal(model(x), before)
+
+
+def test_moving_the_model_while_merged_then_unmerge_gives_the_moved_unmerged_model():
+    adapter = LoRAAdapter({"model": {"0": _lora(seed=1)}})
+    model, reference = _two_linears(), _two_linears()
+    w0 = model[0].weight.detach().clone()
+    handle = attach_adapters(model, [adapter])
+    ref_handle = attach_adapters(reference, [adapter])
+    for h in (handle, ref_handle):
+        h.set_combination([1.0])
+    handle.merge()
+    model.to(torch.float64)  # the merged model holds the base layers: the slots and the kept W0 are not moved
+    handle.unmerge()
+    reference.to(torch.float64)  # the same move, unmerged
+    assert torch.equal(model[0].base_layer.weight, w0.double())
+    assert model[0].lora_A.dtype == model[0].lora_B.dtype == torch.float64
+    x = torch.randn(2, 4, dtype=torch.float64)
+    assert torch.equal(model(x), reference(x))
+
+
+def test_a_second_handle_keeps_the_first_handles_layers():
+    model = _two_linears()
+    first = attach_adapters(model, [LoRAAdapter({"model": {"0": _lora(seed=1)}}, source="a")])
+    first.set_combination([1.0])
+    A_before = model[0].lora_A.detach().clone()
+    x = torch.randn(2, 4)
+    y_first = model(x).detach()
+    second = attach_adapters(model, [LoRAAdapter({"model": {"1": _lora(seed=s)}}) for s in (2, 3)])  # 2 slots
+    assert [name for _, name, _ in first.layers()] == ["0"] and [name for _, name, _ in second.layers()] == ["1"]
+    assert torch.equal(model[0].lora_A, A_before)
+    assert torch.equal(model(x), y_first)  # the second handle's slots start inactive
+    with pytest.raises(FairdiffError, match=r"model '0' already carries LoRA slots"):
+        attach_adapters(model, [LoRAAdapter({"model": {"0": _lora(seed=4)}})])
+    first.merge()  # the first handle's layer is out of the model, but still the first handle's
+    with pytest.raises(FairdiffError, match=r"model '0' already carries LoRA slots"):
+        attach_adapters(model, [LoRAAdapter({"model": {"0": _lora(seed=4)}})])
+    second.detach()
+    assert isinstance(model[1], nn.Linear) and first.merged
+    first.unmerge()
+    assert isinstance(model[0], LoRASlots) and torch.equal(model(x), y_first)
+
+
+class _TextEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Module()
+        self.encoder.q = nn.Linear(4, 4)
+
+
+class _Pipeline:
+    def __init__(self) -> None:
+        self.unet = _two_linears()
+        self.text_encoder = _TextEncoder()
+
+
+@pytest.mark.parametrize(
+    ("components", "first", "second"),
+    [
+        (  # kohya keeps CLIP's `text_model.` prefix, newer diffusers files drop it: one module
+            {"text_encoder": {"text_model.encoder.q": _lora(key="k1"), "encoder.q": _lora(key="k2")}},
+            "k1",
+            "k2",
+        ),
+        ({"model": {"0": _lora(key="k1")}, "unet": {"0": _lora(key="k2")}}, "k1", "k2"),  # PEFT dir + unet part
+    ],
+)
+def test_two_parts_of_an_adapter_on_one_module_are_refused(components, first, second):
+    pipe = _Pipeline()
+    with pytest.raises(FairdiffError, match=rf"'{first}' and '{second}' both target the \w+ module"):
+        attach_adapters(pipe, [LoRAAdapter(components, source="x")])
+    assert not any(isinstance(m, LoRASlots) for part in (pipe.unet, pipe.text_encoder) for m in part.modules())
+
+
+def test_a_failed_attach_leaves_the_model_unwrapped():
+    model = _two_linears()
+    flags = [p.requires_grad for p in model.parameters()]
+    bad = LoRAAdapter({"model": {"0": _lora(seed=1), "1": _lora(inp=5, seed=2)}}, source="bad")  # wrong in-dim
+    with pytest.raises(FairdiffError, match=r"adapter bad: '1'.*adapter A \(2, 5\)"):
+        attach_adapters(model, [bad])
+    assert [type(m) for m in model] == [nn.Linear, nn.Linear]
+    assert [p.requires_grad for p in model.parameters()] == flags
+    attach_adapters(model, [LoRAAdapter({"model": {"0": _lora(seed=1)}})])  # and it can be attached again
+
+
+def test_set_combination_while_merged_is_refused():
+    model = _two_linears()
+    handle = attach_adapters(model, [LoRAAdapter({"model": {"0": _lora(seed=1)}})])
+    handle.set_combination([1.0])
+    handle.merge()
+    with pytest.raises(FairdiffError, match="unmerge before changing the adapter combination"):
+        handle.set_combination([0.0])
+    handle.unmerge()
+    handle.set_combination([0.0])
+    x = torch.randn(2, 4)
+    assert torch.equal(model[0](x), model[0].base_layer(x))
+
+
+def test_per_sample_rows_are_copied_when_set():
+    model = _two_linears()
+    handle = attach_adapters(model, [LoRAAdapter({"model": {"0": _lora(seed=s)}}) for s in (1, 2)])
+    x = torch.randn(2, 4)
+    rows = torch.eye(2)
+    with torch.no_grad():
+        handle.set_per_sample(rows.clone())
+        expected = model(x)
+        handle.set_per_sample(rows)
+        rows[:] = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # the caller reuses its tensor
+        assert torch.equal(model(x), expected)
+
+
+def test_detach_gives_the_base_layers_their_requires_grad_back():
+    model = _two_linears()
+    model[1].bias.requires_grad_(False)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    handle = attach_adapters(model, [LoRAAdapter({"model": {"0": _lora(seed=1), "1": _lora(seed=2)}})])
+    assert not any(layer.base_layer.weight.requires_grad for _, _, layer in handle.layers())
+    handle.detach()
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    handle = attach_adapters(model, [LoRAAdapter({"model": {"0": _lora(seed=1)}})])
+    handle.set_combination([1.0])
+    handle.fuse()
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags

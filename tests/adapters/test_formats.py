@@ -131,3 +131,46 @@ def test_bad_files_name_the_key(tmp_path):
     layer.A = torch.randn(2, layer.A.shape[1] + 1)
     with pytest.raises(FairdiffError, match=rf"{key}.*does not fit"):
         attach(build_tiny_unet(), [adapter])
+
+
+def _layer(seed: int = 0):
+    from fairdiff.adapters.formats import LoRALayer
+
+    g = torch.Generator().manual_seed(seed)
+    return LoRALayer(torch.randn(2, 4, generator=g), torch.randn(4, 2, generator=g), 2.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ({"model": {"old": _layer()}}, {"unet": {"new": _layer(1)}}),  # one-model, then a pipeline adapter
+        ({"unet": {"u1": _layer()}, "text_encoder": {"t_old": _layer(1)}}, {"unet": {"u2": _layer(2)}}),
+        ({"unet": {"u1": _layer()}}, {"model": {"new": _layer(1)}}),  # pipeline, then one-model
+    ],
+)
+def test_write_peft_replaces_an_earlier_adapter_whole(tmp_path, first, second):
+    from fairdiff.adapters.formats import LoRAAdapter
+
+    out = tmp_path / "out"
+    write_peft(LoRAAdapter(first), out)
+    (out / "compose.json").write_text("{}")  # a record of the earlier adapter
+    write_peft(LoRAAdapter(second), out)
+    back = read_peft(out)
+    assert {c: sorted(layers) for c, layers in back.components.items()} == {
+        c: sorted(layers) for c, layers in second.items()
+    }
+    assert not (out / "compose.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or old directory left
+
+
+def test_write_peft_refuses_to_replace_what_is_not_an_adapter(tmp_path):
+    from fairdiff.adapters.formats import LoRAAdapter
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(FairdiffError, match="exists and is not a PEFT adapter directory"):
+        write_peft(LoRAAdapter({"model": {"m": _layer()}}), tmp_path / "notes")
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    with pytest.raises(FairdiffError, match=r"components \['model'\] cannot be written next to others"):
+        write_peft(LoRAAdapter({"model": {"m": _layer()}, "unet": {"u": _layer()}}), tmp_path / "mixed")
+    assert not (tmp_path / "mixed").exists()

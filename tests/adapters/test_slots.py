@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fairdiff.adapters import LoRASlots, inject_slots, merge_all, slotted_layers, unmerge_all
+from fairdiff.adapters import LoRASlots, inject_slots, merge_all, remove_slots, slotted_layers, unmerge_all
 
 
 def _linear(seed=0, dtype=torch.float32):
@@ -179,3 +179,74 @@ def test_moving_a_merged_layer_moves_the_kept_original():
     assert layer.base_layer.weight.dtype == torch.float64
     assert torch.equal(layer.base_layer.weight, w0.double())
     assert "_original" not in layer.state_dict()
+
+
+@pytest.mark.parametrize(
+    ("rows", "kind"),
+    [(None, "shared"), ([[1.0, 0.0], [0.0, 1.0]], "gather"), ([[1.0, 0.5], [0.0, 1.0]], "stacked")],
+)
+def test_no_grad_under_autocast_equals_the_grad_path(rows, kind):
+    layer = LoRASlots(_linear(), num_slots=2, rank=2)  # fp32 slots, bf16 activations under autocast
+    for k, (A, B, s) in enumerate(_adapters(layer.base_layer, ranks=[2, 2])):
+        layer.set_slot(k, A, B, s)
+    layer.weights.copy_(torch.tensor([1.0, -0.5]))
+    layer.sample_weights = None if rows is None else torch.tensor(rows)
+    x = torch.randn(2, 3, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = layer(x)  # with gradients: the out-of-place path
+        with torch.no_grad():
+            got = layer(x)  # the fused in-place add would mix bf16 and fp32
+    assert layer._plan(2).kind == kind and got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
+def test_conv_padding_modes_pad_the_slots_like_the_base(padding_mode):
+    torch.manual_seed(0)
+    base = nn.Conv2d(3, 4, 3, padding=1, padding_mode=padding_mode)
+    layer = LoRASlots(base, num_slots=1, rank=2)
+    ((A, B, s),) = _adapters(base, ranks=[2])
+    layer.set_slot(0, A, B.reshape(4, 2, 1, 1), s)
+    layer.weights.fill_(1.0)
+    x = torch.randn(2, 3, 6, 6)
+    dense = _dense(base, [(A, B, s)], [1.0]).float()  # W0 + s B A, padded by the conv itself
+    expected = base._conv_forward(x, dense, base.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+        layer.merge()
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_kernel_shape_is_checked():
+    layer = LoRASlots(nn.Conv2d(4, 4, 3, padding=1), num_slots=1, rank=2)
+    with pytest.raises(ValueError, match=r"A \(2, 36, 1, 1\) .*base weight \(4, 4, 3, 3\): A must be \(r, 4, 3, 3\)"):
+        layer.set_slot(0, torch.randn(2, 36, 1, 1), torch.randn(4, 2, 1, 1), 1.0)  # 36 = 4 * 3 * 3, wrong kernel
+    with pytest.raises(ValueError, match=r"A \(2, 4\) .*A must be \(r, 4, 3, 3\)"):
+        layer.set_slot(0, torch.randn(2, 4), torch.randn(4, 2), 1.0)  # a 2-D A on a 3x3 kernel
+    layer.set_slot(0, torch.randn(2, 4, 3, 3), torch.randn(4, 2, 1, 1), 1.0)
+    pointwise = LoRASlots(nn.Conv2d(4, 4, 1), num_slots=1, rank=2)
+    pointwise.set_slot(0, torch.randn(2, 4), torch.randn(4, 2), 1.0)  # a 2-D A fits a 1x1 kernel
+    pointwise.set_slot(0, torch.randn(2, 4, 1, 1), torch.randn(4, 2, 1, 1), 1.0)
+
+
+def test_a_failed_inject_changes_nothing():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Conv2d(2, 2, 3, groups=2))
+    with pytest.raises(ValueError, match="module '1' is a ReLU"):
+        inject_slots(model, [r"\d"], 1, 2)
+    with pytest.raises(ValueError, match="groups=2"):
+        inject_slots(model, ["0", "2"], 1, 2)  # the Linear comes first and fits; the grouped conv does not
+    assert [type(m) for m in model] == [nn.Linear, nn.ReLU, nn.Conv2d]
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_sample_weights_are_copied_and_remove_slots_restores_requires_grad():
+    model = nn.Sequential(_linear(), _linear(1))
+    model[1].weight.requires_grad_(False)
+    inject_slots(model, ["0", "1"], num_slots=2, rank=2)
+    layer = model[0]
+    rows = torch.eye(2)
+    layer.sample_weights = rows
+    rows[0, 0] = 5.0
+    assert torch.equal(layer.sample_weights, torch.eye(2))
+    assert remove_slots(model) == ["0", "1"]
+    assert [p.requires_grad for p in model.parameters()] == [True, True, False, True]

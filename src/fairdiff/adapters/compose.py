@@ -17,6 +17,11 @@ of a small (sum r_k) x (sum r_k) matrix, never forming dW.
 
 The result is a `LoRAAdapter` (scale 1: alpha = rank) that `write_peft` writes and `attach_adapters` loads.
 Conv layers are handled as their (out, in * kh * kw) matrices; the new A keeps the kernel shape.
+
+Layers are matched by component and module name. CLIP's `text_model.` prefix (kept by kohya files, dropped by
+newer diffusers files) does not make two layers: the composed layer is spelled as the first adapter that has
+it spells it. A one-model PEFT adapter (component `model`) and a pipeline adapter that name the same module
+are refused: which component `model` is becomes known only when it is attached.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fairdiff.adapters.formats import LoRAAdapter, LoRALayer
+from fairdiff.adapters.formats import MODEL, LoRAAdapter, LoRALayer
 from fairdiff.errors import FairdiffError
 
 METHODS = ("linear", "svd", "ties", "dare")
@@ -112,6 +117,35 @@ def low_rank_factored(B: torch.Tensor, A: torch.Tensor, rank: int) -> tuple[torc
     return B_new.float(), A_new.float(), error
 
 
+def _aligned_layers(adapters: Sequence[LoRAAdapter]) -> list[dict[tuple[str, str], LoRALayer]]:
+    """Each adapter's layers as {(component, module): layer}, one spelling per layer across the adapters
+    (see the module doc); errors name two keys that are one layer."""
+    spelling: dict[tuple[str, str], str] = {}  # (component, module without `text_model.`) -> the spelling used
+    aligned = []
+    for adapter in adapters:
+        layers: dict[tuple[str, str], LoRALayer] = {}
+        for component, module, layer in adapter.items():
+            name = spelling.setdefault((component, module.removeprefix("text_model.")), module)
+            if (component, name) in layers:
+                raise FairdiffError(
+                    f"adapter {adapter.source}: {component} {module!r} and {name!r} are one layer spelled twice"
+                )
+            layers[component, name] = layer
+        aligned.append(layers)
+    bare: dict[str, tuple[str, str]] = {}  # module without `text_model.` -> (component, module) of a pipeline part
+    for (component, module), name in spelling.items():
+        if component != MODEL:
+            bare.setdefault(module, (component, name))
+    for (component, module), name in spelling.items():
+        if component == MODEL and module in bare:
+            other, other_name = bare[module]
+            raise FairdiffError(
+                f"'{MODEL}' {name!r} (a one-model PEFT adapter) and {other} {other_name!r} may be one layer; compose "
+                f"cannot tell which component '{MODEL}' adapts: attach them as separate adapters instead"
+            )
+    return aligned
+
+
 def compose(
     adapters: Sequence[LoRAAdapter],
     weights: Sequence[float],
@@ -134,11 +168,12 @@ def compose(
     if rank is not None and rank < 1:
         raise FairdiffError(f"--rank must be >= 1, got {rank}")
     generator = torch.Generator().manual_seed(seed)
-    keys = sorted({(c, m) for a in adapters for c, m, _ in a.items()})
+    aligned = _aligned_layers(adapters)
+    keys = sorted({key for layers in aligned for key in layers})
     components: dict[str, dict[str, LoRALayer]] = {}
     errors: dict[str, float] = {}
     for component, module in keys:
-        present = [(a.components.get(component, {}).get(module), w) for a, w in zip(adapters, weights, strict=True)]
+        present = [(layers.get((component, module)), w) for layers, w in zip(aligned, weights, strict=True)]
         present = [(layer, w) for layer, w in present if layer is not None]
         shapes = {(tuple(layer.A.shape[1:]), layer.B.shape[0]) for layer, _ in present}
         if len(shapes) > 1:

@@ -6,6 +6,10 @@ text_encoder, text_encoder_2), copy adapter i into slot i, then choose per run o
     handle.set_per_sample(torch.eye(2))       # sample 0 with a, sample 1 with b (CFG batches tile the rows)
     handle.merge(); handle.unmerge()          # base-model speed; W0 back bit for bit
     handle.detach()                           # the original modules back in place
+
+A layer belongs to one handle: attaching to layers that another handle (or `inject_slots`) already wrapped is
+refused, and every handle method acts on its own layers only. Every change is all or nothing: a failed attach
+leaves the model unwrapped, a failed hot-swap leaves every slot as it was.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +32,10 @@ from fairdiff.errors import FairdiffError
 logger = logging.getLogger(__name__)
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+# base layers that a merged handle has put back in their model: the handle still owns them (its unmerge puts
+# its LoRASlots back), so another attach must not wrap them
+_MERGED_BASE_LAYERS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 @dataclass
@@ -97,9 +106,11 @@ def _resolve(name: str, modules: dict[str, nn.Module]) -> str | None:
 
 
 def _place(adapter: LoRAAdapter, models: dict[str, nn.Module]) -> dict[str, dict[str, LoRALayer]]:
-    """{pipeline component: {model module name: layer}} for `adapter`; errors name missing targets."""
+    """{pipeline component: {model module name: layer}} for `adapter`; errors name missing targets and two
+    parts of the adapter that land on one module (`text_model.x` and `x`; a `model` part and a `unet` part)."""
     modules = {c: dict(m.named_modules()) for c, m in models.items()}
     placed: dict[str, dict[str, LoRALayer]] = {}
+    origin: dict[tuple[str, str], str] = {}  # (component, module) -> the adapter key placed there
     for component, layers in adapter.components.items():
         if component in models:
             target = component
@@ -122,13 +133,21 @@ def _place(adapter: LoRAAdapter, models: dict[str, nn.Module]) -> dict[str, dict
                     f"adapter {adapter.source}: target {name!r} is a {type(base).__name__}; "
                     f"LoRA slots support Linear, Conv2d"
                 )
+            label = layer.key or f"{component}/{name}"
+            if (target, resolved) in origin:
+                raise FairdiffError(
+                    f"adapter {adapter.source}: {origin[target, resolved]!r} and {label!r} both target the {target} "
+                    f"module {resolved!r}; an adapter may adapt a module once"
+                )
+            origin[target, resolved] = label
             placed.setdefault(target, {})[resolved] = layer
     return placed
 
 
 @dataclass
 class AdapterHandle:
-    """Adapters attached to a pipeline, one slot each. Every method acts on all components at once."""
+    """Adapters attached to a pipeline, one slot each. Every method acts on all components at once, on the
+    layers in `targets` (or, when `targets` is empty, on every slotted layer of the models)."""
 
     models: dict[str, nn.Module]
     adapters: list[LoRAAdapter]
@@ -136,7 +155,12 @@ class AdapterHandle:
     targets: dict[str, list[str]] = field(default_factory=dict)  # component -> wrapped module names
 
     def __post_init__(self) -> None:
-        self._wrapped = [(c, name, layer) for c, model in self.models.items() for name, layer in slotted_layers(model)]
+        self._wrapped = [
+            (c, name, layer)
+            for c, model in self.models.items()
+            for name, layer in slotted_layers(model)
+            if not self.targets or name in self.targets.get(c, ())
+        ]
 
     def layers(self) -> Iterator[tuple[str, str, LoRASlots]]:
         """(component, module name, LoRASlots) of every wrapped layer (also while merged, when the model
@@ -154,12 +178,14 @@ class AdapterHandle:
 
     def load(self, slot: int, adapter: LoRAAdapter) -> None:
         """Hot-swap: copy `adapter` into `slot` of the wrapped layers (no re-wrapping); every target must
-        already be wrapped and fit; layers the adapter does not target get the slot cleared."""
+        already be wrapped and fit; layers the adapter does not target get the slot cleared. All targets are
+        checked before any slot is written, so a failed load changes nothing."""
         if not 0 <= slot < self.num_slots:
             raise FairdiffError(f"slot {slot} out of range (0..{self.num_slots - 1})")
         if self.merged:
             raise FairdiffError("unmerge before loading an adapter into a slot")
         placed = _place(adapter, self.models)
+        writes: list[tuple[LoRASlots, LoRALayer | None]] = []  # (slotted layer, adapter layer or None: clear)
         for component in self.models:
             wrapped = {name: layer for c, name, layer in self._wrapped if c == component}
             wanted = placed.get(component, {})
@@ -167,13 +193,17 @@ class AdapterHandle:
                 if name not in wrapped:
                     raise FairdiffError(f"adapter {adapter.source}: target {name!r} is not wrapped with LoRA slots")
                 try:
-                    wrapped[name].set_slot(slot, layer.A, layer.B, layer.scale)
+                    wrapped[name].check_slot(layer.A, layer.B)
                 except ValueError as exc:
                     key = f" (key {layer.key!r})" if layer.key else ""
                     raise FairdiffError(f"adapter {adapter.source}: {name!r}{key}: {exc}") from None
-            for name, slotted in wrapped.items():
-                if name not in wanted:
-                    slotted.clear_slot(slot)
+                writes.append((wrapped[name], layer))
+            writes += [(slotted, None) for name, slotted in wrapped.items() if name not in wanted]
+        for slotted, layer in writes:
+            if layer is None:
+                slotted.clear_slot(slot)
+            else:
+                slotted.set_slot(slot, layer.A, layer.B, layer.scale)
         while len(self.adapters) <= slot:
             self.adapters.append(None)  # type: ignore[arg-type]
         self.adapters[slot] = adapter
@@ -184,6 +214,8 @@ class AdapterHandle:
             raise FairdiffError(f"{len(weights)} weights for {self.num_slots} adapter slots")
         if not all(math.isfinite(w) for w in weights):
             raise FairdiffError(f"adapter weights must be finite, got {list(weights)}")
+        if self.merged:
+            raise FairdiffError("unmerge before changing the adapter combination")
         for _, _, layer in self.layers():
             layer.sample_weights = None
             layer.weights.copy_(torch.tensor([float(w) for w in weights]))
@@ -194,7 +226,7 @@ class AdapterHandle:
         sees a multiple of B samples (the UNet under classifier-free guidance: cat([uncond, cond])) applies
         the rows tiled, so each image's two halves use its adapter."""
         if rows is not None:
-            rows = torch.as_tensor(rows, dtype=torch.float32).detach().cpu()
+            rows = torch.as_tensor(rows, dtype=torch.float32).detach().cpu().clone()  # later edits change nothing
             if rows.dim() != 2 or rows.shape[1] != self.num_slots:
                 raise FairdiffError(f"per-sample rows must be (batch, {self.num_slots}), got {tuple(rows.shape)}")
             if not torch.isfinite(rows).all():
@@ -213,19 +245,26 @@ class AdapterHandle:
             if not layer.merged:
                 layer.merge()
                 self._put(component, name, layer.base_layer)
+                _MERGED_BASE_LAYERS.add(layer.base_layer)
 
     def unmerge(self) -> None:
-        """Put every original base weight back, bit for bit, and the slotted layers in place."""
+        """Put every original base weight back, bit for bit, and the slotted layers in place. If the model
+        was moved while merged (`pipe.to("cuda")`, `pipe.to(torch.float16)`), the move reached the base layers
+        only: each original weight and its slots are moved to the base weight's current device and dtype
+        first, so the result is what the move would have given unmerged."""
         for component, name, layer in self.layers():
             if layer.merged:
                 layer.unmerge()
                 self._put(component, name, layer)
+                _MERGED_BASE_LAYERS.discard(layer.base_layer)
 
     def detach(self) -> None:
-        """Unmerge and put the original modules back; the pipeline is as before `attach_adapters`."""
+        """Unmerge and put the original modules back (with their requires_grad flags); the pipeline is as
+        before `attach_adapters`. Slots of other handles stay."""
         self.unmerge()
-        for model in self.models.values():
-            remove_slots(model)
+        for component, model in self.models.items():
+            mine = [name for c, name, _ in self._wrapped if c == component]
+            remove_slots(model, names=mine)
         self._wrapped, self.targets = [], {}
 
     def fuse(self) -> None:
@@ -233,13 +272,16 @@ class AdapterHandle:
         self.merge()
         for _, _, layer in self.layers():
             layer._original = None  # the merged weight stays; the original is let go
+            layer.restore_base_flags()
+            _MERGED_BASE_LAYERS.discard(layer.base_layer)
         self._wrapped, self.targets = [], {}
 
 
 def attach_adapters(pipeline, adapters: Sequence[LoRAAdapter], num_slots: int | None = None) -> AdapterHandle:
     """Wrap every layer any adapter targets, in every component (unet, text_encoder, text_encoder_2; or the
     module itself for a bare nn.Module), rank = the largest rank there; load adapter i into slot i. Slots
-    start inactive: call `set_combination` or `set_per_sample`."""
+    start inactive: call `set_combination` or `set_per_sample`. A layer that already carries slots (of another
+    handle, or from `inject_slots`) is refused: detach those first. On any error the model is left unwrapped."""
     if not adapters:
         raise FairdiffError("no adapters to attach")
     num_slots = num_slots or len(adapters)
@@ -253,24 +295,32 @@ def attach_adapters(pipeline, adapters: Sequence[LoRAAdapter], num_slots: int | 
                 ranks.setdefault(component, {})[name] = max(ranks.get(component, {}).get(name, 0), layer.rank)
     for component, wanted in ranks.items():
         modules = dict(models[component].named_modules())
-        for name, rank in wanted.items():
-            existing = modules[name]
-            if isinstance(existing, LoRASlots):
-                if existing.num_slots != num_slots or existing.rank < rank:
-                    raise FairdiffError(
-                        f"{component} {name!r} already has {existing.num_slots} slots of rank {existing.rank}; "
-                        f"detach the previous adapters first"
-                    )
-                continue
-            inject_slots(models[component], [re.escape(name)], num_slots=num_slots, rank=rank)
-    handle = AdapterHandle(
-        models={c: models[c] for c in ranks},
-        adapters=[],
-        num_slots=num_slots,
-        targets={c: sorted(w) for c, w in ranks.items()},
-    )
-    for slot, adapter in enumerate(adapters):
-        handle.load(slot, adapter)
+        for name in wanted:
+            if isinstance(modules[name], LoRASlots) or modules[name] in _MERGED_BASE_LAYERS:
+                raise FairdiffError(
+                    f"{component} {name!r} already carries LoRA slots (another attach_adapters handle, merged or "
+                    f"not, or inject_slots); detach those adapters first"
+                )
+    injected: dict[str, list[str]] = {}
+    try:
+        for component, wanted in ranks.items():
+            for rank in sorted(set(wanted.values())):  # one inject per rank; names are exact, escaped
+                names = [re.escape(n) for n, r in wanted.items() if r == rank]
+                injected.setdefault(component, []).extend(
+                    inject_slots(models[component], names, num_slots=num_slots, rank=rank)
+                )
+        handle = AdapterHandle(
+            models={c: models[c] for c in ranks},
+            adapters=[],
+            num_slots=num_slots,
+            targets={c: sorted(w) for c, w in ranks.items()},
+        )
+        for slot, adapter in enumerate(adapters):
+            handle.load(slot, adapter)
+    except BaseException:
+        for component, names in injected.items():
+            remove_slots(models[component], names=names)
+        raise
     logger.info("attached %d adapters to %s", len(adapters), {c: len(t) for c, t in handle.targets.items()})
     return handle
 

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,17 +292,70 @@ def _write_peft_dir(layers: dict[str, LoRALayer], root: Path, base_model: str | 
     (root / PEFT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
 
+def _replaceable(root: Path) -> bool:
+    """Whether `write_peft` may replace `root`: absent, an empty directory, or a PEFT adapter directory."""
+    if not root.exists():
+        return True
+    if not root.is_dir():
+        return False
+    return (
+        not any(root.iterdir())
+        or (root / PEFT_CONFIG).is_file()
+        or any((root / c / PEFT_CONFIG).is_file() for c in PIPELINE_COMPONENTS)
+    )
+
+
 def write_peft(adapter: LoRAAdapter, path: str | Path, base_model: str | None = None) -> Path:
     """Write `adapter` as PEFT: one directory for a one-model adapter (`PeftModel.from_pretrained` reads it),
-    one subdirectory per component (`unet/`, `text_encoder/`, ...) for a pipeline adapter."""
+    one subdirectory per component (`unet/`, `text_encoder/`, ...) for a pipeline adapter.
+
+    The adapter is written to a temporary sibling directory that then replaces `path` whole: nothing of an
+    adapter written there before survives (its other components, its records), and a crash never leaves a
+    half-written adapter. An existing `path` must be empty or a PEFT adapter directory; anything else is
+    refused rather than deleted."""
     root = Path(path)
-    if set(adapter.components) == {MODEL}:
-        _write_peft_dir(adapter.components[MODEL], root, base_model)
-        return root
-    for component, layers in adapter.components.items():
-        if layers:
-            _write_peft_dir(layers, root / component, base_model)
+    parts = {c: layers for c, layers in adapter.components.items() if layers}
+    if not parts:
+        raise FairdiffError(f"adapter {adapter.source}: no layers to write")
+    odd = sorted(set(parts) - set(PIPELINE_COMPONENTS))
+    if set(parts) != {MODEL} and odd:
+        raise FairdiffError(
+            f"adapter {adapter.source}: components {odd} cannot be written next to others; a pipeline adapter "
+            f"has {list(PIPELINE_COMPONENTS)} (a one-model adapter only '{MODEL}')"
+        )
+    if not _replaceable(root):
+        raise FairdiffError(f"{root} exists and is not a PEFT adapter directory (or empty); refusing to replace it")
+    target = root.resolve()  # a real parent and name, also for "." or "out/"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.writing-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if set(parts) == {MODEL}:
+            _write_peft_dir(parts[MODEL], tmp, base_model)
+        else:
+            for component, layers in parts.items():
+                _write_peft_dir(layers, tmp / component, base_model)
+        _swap_in(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _swap_in(new: Path, root: Path) -> None:
+    """Put directory `new` at `root`, replacing what is there: the old directory is moved aside first and
+    deleted only once `new` is in place (put back if the move fails)."""
+    if not root.exists():
+        os.replace(new, root)
+        return
+    old = root.parent / f".{root.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(root, old)
+    try:
+        os.replace(new, root)
+    except BaseException:
+        os.replace(old, root)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # -- any format -----------------------------------------------------------------------------------------

@@ -14,11 +14,18 @@
   cat([uncond, cond]) (2B), so sample i's row applies to both of its halves; a text encoder that encodes
   prompt and negative prompt in separate calls sees B each time. Any other N is an error.
 - merge folds the active combination into the base weight in fp32 and keeps the original tensor;
-  unmerge puts that tensor back, so W0 is bit-identical after any number of cycles
+  unmerge puts that tensor back, so W0 is bit-identical after any number of cycles. If the base weight was
+  moved while merged (`pipe.to(...)` after `AdapterHandle.merge`, which takes this layer out of the model),
+  unmerge moves the original and the slots to the weight's device and dtype first: W0 comes back as the move
+  would have left it unmerged
+- a Conv2d with `padding_mode` other than "zeros" pads x the same way for the slots as for the base layer
+- wrapping freezes the base layer's parameters; `restore_base_flags` (called by `remove_slots`) gives them
+  back the requires_grad flags they had
 - a fresh slot has B = 0, so it changes nothing until an adapter is copied in (hot-swap = copy into a slot)
 
 Which slots are active is worked out on the host once per change of `weights`, `scale` or the rows (tracked
 with the tensors' version counters), not in every forward, so a GPU forward does not wait on the host.
+The rows are copied when set, so editing the caller's tensor afterwards changes nothing.
 """
 
 from __future__ import annotations
@@ -76,12 +83,12 @@ class LoRASlots(nn.Module):
         self.register_buffer("scale", torch.zeros(num_slots, device=weight.device))  # (K,) alpha / r per slot
         self.register_buffer("weights", torch.zeros(num_slots, device=weight.device))  # (K,) combination c_k
         self._rows: torch.Tensor | None = None  # (B, K) per-sample combination, overrides `weights`
-        # the base weight tensor while merged; a buffer, so `.to(device/dtype)` while merged moves it too
+        # the base weight tensor while merged; a buffer, so moving this layer moves it too. A handle's merge
+        # takes the layer out of the model, so a model-wide `.to()` then misses it: `unmerge` catches up.
         self.register_buffer("_original", None, persistent=False)
         self._cache: dict = {}  # (state key, batch) -> _Plan | None
-        base_layer.weight.requires_grad_(False)
-        if base_layer.bias is not None:
-            base_layer.bias.requires_grad_(False)
+        self._base_requires_grad = {n: p.requires_grad for n, p in base_layer.named_parameters(recurse=False)}
+        base_layer.requires_grad_(False)
 
     @property
     def num_slots(self) -> int:
@@ -104,21 +111,37 @@ class LoRASlots(nn.Module):
     def sample_weights(self, rows: torch.Tensor | None) -> None:
         if rows is not None and (rows.dim() != 2 or rows.shape[1] != self.num_slots):
             raise ValueError(f"`sample_weights` must be (batch, slots={self.num_slots}), got {tuple(rows.shape)}")
-        self._rows = rows
+        self._rows = None if rows is None else rows.detach().clone()  # a copy: the caller may reuse its tensor
         self._cache.clear()
+
+    def check_slot(self, A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A [r, in * kh * kw], B [out, r]) after checking the adapter fits: A (r, in) or (r, in, 1, 1) on a
+        Linear; A (r, in, kh, kw) with the conv's kernel on a Conv2d (or (r, in) for a 1x1 kernel); B (out, r) or
+        (out, r, 1, 1); r <= rank. Raises ValueError naming both shapes."""
+        w = self.base_layer.weight
+        r = A.shape[0] if A.dim() else 0
+        if isinstance(self.base_layer, nn.Conv2d):
+            kernel = tuple(w.shape[1:])  # (in, kh, kw)
+            fits_a = tuple(A.shape[1:]) == kernel or (
+                A.dim() == 2 and kernel[1:] == (1, 1) and A.shape[1] == w.shape[1]
+            )
+        else:
+            fits_a = A.dim() >= 2 and A.shape[1] == w.shape[1] and all(d == 1 for d in A.shape[2:])
+        fits_b = B.dim() >= 2 and tuple(B.shape[:2]) == (w.shape[0], r) and all(d == 1 for d in B.shape[2:])
+        if not (fits_a and fits_b and 1 <= r <= self.rank):
+            raise ValueError(
+                f"adapter A {tuple(A.shape)} / B {tuple(B.shape)} does not fit slots of rank <= {self.rank}, "
+                f"in {self.lora_A.shape[2]}, out {self.lora_B.shape[1]} (base weight {tuple(w.shape)}: A must be "
+                f"(r, {', '.join(map(str, w.shape[1:]))}), B ({w.shape[0]}, r))"
+            )
+        return A.reshape(r, -1), B.reshape(B.shape[0], r)
 
     def set_slot(self, slot: int, A: torch.Tensor, B: torch.Tensor, scale: float) -> None:
         """Copy an adapter (A [r, in] or conv [r, in, kh, kw]; B [out, r] or [out, r, 1, 1]) into `slot`."""
         if self.merged:
             raise RuntimeError("unmerge before changing a slot of a merged layer")
-        A = A.reshape(A.shape[0], -1)
-        B = B.reshape(B.shape[0], -1)
+        A, B = self.check_slot(A, B)
         r = A.shape[0]
-        if A.shape[1] != self.lora_A.shape[2] or B.shape != (self.lora_B.shape[1], r) or r > self.rank:
-            raise ValueError(
-                f"adapter A {tuple(A.shape)} / B {tuple(B.shape)} does not fit slots of rank <= {self.rank}, "
-                f"in {self.lora_A.shape[2]}, out {self.lora_B.shape[1]}"
-            )
         with torch.no_grad():
             self.lora_A[slot].zero_()
             self.lora_B[slot].zero_()
@@ -152,11 +175,21 @@ class LoRASlots(nn.Module):
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Put the original base weight tensor back: bit-identical, whatever happened in between."""
+        """Put the original base weight tensor back: bit-identical, whatever happened in between. If the base
+        weight was moved meanwhile (another device or dtype), the original and the slots follow it first, so
+        the layer ends as that move would have left it unmerged."""
         if not self.merged:
             raise RuntimeError("layer is not merged")
+        w = self.base_layer.weight
+        if (w.device, w.dtype) != (self._original.device, self._original.dtype):
+            self.to(device=w.device, dtype=w.dtype)  # moves the kept original, the slots and their buffers
         self.base_layer.weight.data = self._original
         self._original = None
+
+    def restore_base_flags(self) -> None:
+        """Give the base layer's parameters the requires_grad flags they had before wrapping."""
+        for name, p in self.base_layer.named_parameters(recurse=False):
+            p.requires_grad_(self._base_requires_grad.get(name, p.requires_grad))
 
     def _plan(self, batch: int) -> _Plan | None:
         """How to apply the slots to a batch of `batch` samples (None: no slot is active); cached until
@@ -167,6 +200,8 @@ class LoRASlots(nn.Module):
         if rows is not None and self.merged:
             raise RuntimeError("per-sample adapters need an unmerged layer")
         key = (self.weights._version, self.weights.data_ptr(), self.scale._version, self.scale.data_ptr(), batch)
+        if rows is not None:
+            key += (id(rows), rows._version)
         if key not in self._cache:
             if len(self._cache) > 16:
                 self._cache.clear()
@@ -233,26 +268,30 @@ class LoRASlots(nn.Module):
         if plan is None:
             return y
         A, B, coef = self._factors(plan, x.dtype)
-        inplace = not torch.is_grad_enabled() and y.is_contiguous()  # fuse the add into the second matmul
+        # fuse the add into the second matmul; not under autocast, where y, h and B can differ in dtype
+        inplace = not torch.is_grad_enabled() and y.is_contiguous() and y.dtype == B.dtype
         if isinstance(self.base_layer, nn.Conv2d):
             conv = self.base_layer
-            h = F.conv2d(
-                x, A.reshape(A.shape[0], *conv.weight.shape[1:]), None, conv.stride, conv.padding, conv.dilation
-            )
+            kernel = A.reshape(A.shape[0], *conv.weight.shape[1:])  # (k*r, in, kh, kw)
+            if conv.padding_mode != "zeros":  # pad as the base conv does (reflect, replicate, circular)
+                x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+                h = F.conv2d(x, kernel, None, conv.stride, 0, conv.dilation)
+            else:
+                h = F.conv2d(x, kernel, None, conv.stride, conv.padding, conv.dilation)
             if coef is not None:
                 h = h * coef[:, :, None, None]  # (N, k*r, H', W')
             return y + F.conv2d(h, B[:, :, None, None])
         if plan.kind == "gather":  # one slot per sample: batched matmuls over the gathered A_i, B_i
             n = x.shape[0]
             h = torch.bmm(x.reshape(n, -1, x.shape[-1]), A.transpose(1, 2))  # (N, L, r)
-            if inplace:
+            if inplace and h.dtype == y.dtype:
                 y.view(n, -1, y.shape[-1]).baddbmm_(h, B.transpose(1, 2))
                 return y
             return y + torch.bmm(h, B.transpose(1, 2)).reshape(y.shape)  # (N, ..., out)
         h = F.linear(x, A)  # (N, ..., k*r)
         if coef is not None:
             h = h * coef.reshape(coef.shape[0], *([1] * (x.dim() - 2)), coef.shape[1])
-        if inplace:
+        if inplace and h.dtype == y.dtype:
             y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), B.T)
             return y
         return y + F.linear(h, B)  # (N, ..., out)
@@ -261,7 +300,7 @@ class LoRASlots(nn.Module):
 def inject_slots(model: nn.Module, patterns: Iterable[str], num_slots: int, rank: int) -> list[str]:
     """Wrap every Linear/Conv2d whose qualified name fully matches one of the regex `patterns`;
     returns the wrapped names. Freezes nothing else: call `model.requires_grad_(False)` first to train
-    only the slots."""
+    only the slots. All or nothing: every target is checked (and wrapped) before the model changes."""
     compiled = [re.compile(p) for p in patterns]
     targets = [
         (name, module)
@@ -274,27 +313,42 @@ def inject_slots(model: nn.Module, patterns: Iterable[str], num_slots: int, rank
         if not isinstance(module, SUPPORTED):
             names = ", ".join(t.__name__ for t in SUPPORTED)
             raise ValueError(f"module {name!r} is a {type(module).__name__}; LoRA slots support {names}.")
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRASlots(module, num_slots, rank))
+    wrapped: list[tuple[str, LoRASlots]] = []
+    try:
+        for name, module in targets:
+            wrapped.append((name, LoRASlots(module, num_slots, rank)))
+    except Exception:
+        for _, layer in wrapped:
+            layer.restore_base_flags()
+        raise
+    for name, layer in wrapped:
+        _put(model, name, layer)
     return [name for name, _ in targets]
 
 
-def remove_slots(model: nn.Module, keep_merged: bool = False) -> list[str]:
-    """Put every wrapped layer's base layer back in place of its `LoRASlots`; returns the unwrapped names.
-    A merged layer is unmerged first (the base weight is the original again), unless `keep_merged`, which
-    keeps the merged weight for good (to save a merged model) and drops the original."""
-    names = []
+def _put(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def remove_slots(model: nn.Module, keep_merged: bool = False, names: Iterable[str] | None = None) -> list[str]:
+    """Put every wrapped layer's base layer (or only those in `names`) back in place of its `LoRASlots`, with
+    its parameters' requires_grad flags as before wrapping; returns the unwrapped names. A merged layer is
+    unmerged first (the base weight is the original again), unless `keep_merged`, which keeps the merged
+    weight for good (to save a merged model) and drops the original."""
+    only = None if names is None else set(names)
+    unwrapped = []
     for name, layer in list(slotted_layers(model)):
+        if only is not None and name not in only:
+            continue
         if layer.merged and keep_merged:
             layer._original = None
         elif layer.merged:
             layer.unmerge()
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer.base_layer)
-        names.append(name)
-    return names
+        _put(model, name, layer.base_layer)
+        layer.restore_base_flags()
+        unwrapped.append(name)
+    return unwrapped
 
 
 def slotted_layers(model: nn.Module) -> Iterator[tuple[str, LoRASlots]]:
