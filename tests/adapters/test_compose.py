@@ -135,7 +135,7 @@ def test_compose_errors():
 
 
 def test_factored_and_randomized_reranks_match_the_exact_svd(monkeypatch):
-    from fairdiff.adapters import compose as compose_module
+    import fairdiff.adapters.compose as compose_module
     from fairdiff.adapters.compose import low_rank_factored
 
     g = torch.Generator().manual_seed(0)
@@ -178,3 +178,13 @@ def test_compose_joins_one_layer_spelled_with_and_without_text_model():
     unet = LoRAAdapter({"unet": {"mid.q": layer(1)}}, source="unet")
     with pytest.raises(FairdiffError, match="'model' 'mid.q' .* and unet 'mid.q' may be one layer"):
         compose([peft, unet], [1.0, 1.0])
+
+
+def test_the_package_exports_compose_adapters_and_compose_is_always_the_module():
+    import importlib
+
+    import fairdiff.adapters as package
+
+    function = package.compose_adapters
+    module = importlib.import_module("fairdiff.adapters.compose")
+    assert function is module.compose and package.compose is module

@@ -2,6 +2,8 @@
 adapters in one batch; PEFT, diffusers and kohya files. See docs/adapters.md and DESIGN.md (Adapters).
 
 Names are imported on first use, so `fairdiff.adapters.cli` (and `fairdiff --help`) does not import torch.
+The composition function is exported as `compose_adapters`: `fairdiff.adapters.compose` is its module (a
+package attribute named like a submodule turns into that module once the submodule is imported).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import importlib
 
 _EXPORTS = {
     "Composition": "compose",
-    "compose": "compose",
+    "compose_adapters": "compose",
     "AdapterHandle": "engine",
     "AdapterSpec": "engine",
     "attach_adapters": "engine",

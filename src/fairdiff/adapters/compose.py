@@ -208,3 +208,6 @@ def compose(
     }
     adapter = LoRAAdapter(components, format="composed", source=f"compose({method})", config=config)
     return Composition(adapter, errors)
+
+
+compose_adapters = compose  # the package's name for it (`fairdiff.adapters.compose` is this module)
