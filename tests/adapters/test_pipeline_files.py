@@ -120,11 +120,15 @@ def test_kohya_alpha_per_module_and_default(tmp_path):
         "lora_unet_mid_block_attentions_0_proj_in.alpha": torch.tensor(1.0),
         "lora_unet_mid_block_attentions_0_proj_out.lora_down.weight": A.clone(),
         "lora_unet_mid_block_attentions_0_proj_out.lora_up.weight": B.clone(),  # no alpha: alpha = rank
+        "lora_unet_mid_block_attentions_0_to_out_0.lora_down.weight": A.clone(),
+        "lora_unet_mid_block_attentions_0_to_out_0.lora_up.weight": B.clone(),
+        "lora_unet_mid_block_attentions_0_to_out_0.alpha": torch.tensor(2),  # saved as an integer
     }
     save_file(tensors, str(tmp_path / "k.safetensors"))
     layers = load_adapter(tmp_path / "k.safetensors").components["unet"]
     assert layers["mid_block.attentions.0.proj_in"].scale == 0.25
     assert layers["mid_block.attentions.0.proj_out"].scale == 1.0
+    assert layers["mid_block.attentions.0.to_out.0"].scale == 0.5
 
 
 def _write(tmp_path, name, tensors, metadata=None):

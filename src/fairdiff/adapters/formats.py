@@ -139,14 +139,17 @@ class TensorFile:
     def metadata(self) -> dict[str, str]:
         return dict(self._handle.metadata() or {}) if self._handle is not None else {}
 
-    def get(self, key: str) -> torch.Tensor:
-        """The tensor under `key`, checked: floating point and finite."""
+    def get(self, key: str, integer_ok: bool = False) -> torch.Tensor:
+        """The tensor under `key`, checked: floating point (or, with `integer_ok`, an integer: a kohya alpha
+        saved as int) and finite."""
         try:
             tensor = self._handle.get_tensor(key) if self._handle is not None else self._state[key]
         except Exception as exc:
             raise FairdiffError(
                 f"adapter {self.path}: tensor {key!r} unreadable, truncated or corrupt ({exc})"
             ) from None
+        if integer_ok and not tensor.is_floating_point() and not tensor.is_complex() and tensor.dtype != torch.bool:
+            return tensor.double()
         if not tensor.is_floating_point():
             raise FairdiffError(
                 f"adapter {self.path}: tensor {key!r} {tuple(tensor.shape)} has dtype {tensor.dtype}; "

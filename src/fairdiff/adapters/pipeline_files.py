@@ -167,7 +167,7 @@ def read_kohya(f: TensorFile, unet_config=None) -> LoRAAdapter:
             alpha_key = key_a.removesuffix(".lora_down.weight") + ".alpha"
             rank = A.shape[0]
             if alpha_key in keyset:
-                alpha_tensor = f.get(alpha_key)
+                alpha_tensor = f.get(alpha_key, integer_ok=True)  # diffusers reads an int alpha too
                 if alpha_tensor.numel() != 1:
                     raise FairdiffError(f"adapter {source}: {alpha_key!r} has shape {tuple(alpha_tensor.shape)}, not 1")
                 alpha = float(alpha_tensor.item())
