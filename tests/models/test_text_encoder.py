@@ -19,3 +19,13 @@ def test_every_world_caption_fits_without_truncation(minilm, world):
     captions = {s.caption for s in sample_world(world, 20_000, seed=0)}
     longest = max(len(tokenizer(c).input_ids) for c in captions)
     assert longest <= MAX_LENGTH, longest
+
+
+def test_a_prompt_longer_than_the_model_reads_is_named_in_a_warning(minilm, caplog):
+    tokenizer, model = minilm
+    long = "a photo of the face of a dark-skinned old woman doctor in a bright hospital corridor at night with a "
+    long += "stethoscope"
+    with caplog.at_level("WARNING", logger="fairdiff.models.text_encoder"):
+        encode_text(tokenizer, model, ["a photo of the face of a doctor", long, long])
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "longer than 24 tokens" in warnings[0] and "stethoscope" in warnings[0]

@@ -7,9 +7,12 @@ sentence vector), the same interface SD's CLIP text encoder offers.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 #: tokens per prompt (CLS + words + SEP, padded); the longest world caption uses 18
 MAX_LENGTH = 24
@@ -48,6 +51,10 @@ def load_minilm(dtype: torch.dtype = torch.float32):
 def encode_text(tokenizer, text_encoder, prompts: list[str], device: torch.device | str | None = None) -> torch.Tensor:
     """Token embeddings (B, MAX_LENGTH, 384) for `prompts`; padding positions keep BERT's hidden states."""
     device = device or text_encoder.device
+    long = [p for p, ids in zip(prompts, tokenizer(prompts)["input_ids"], strict=True) if len(ids) > MAX_LENGTH]
+    for prompt in dict.fromkeys(long):  # as diffusers' SD pipelines do for CLIP's 77 tokens
+        cut = tokenizer.decode(tokenizer(prompt)["input_ids"][MAX_LENGTH - 1 : -1])
+        logger.warning("prompt %r is longer than %d tokens; the model does not see %r", prompt, MAX_LENGTH, cut)
     tokens = tokenizer(prompts, padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
     out = text_encoder(input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
     return out.last_hidden_state  # (B, L, 384)
