@@ -38,6 +38,9 @@ def test_help_and_version():
         (["world", "train-model", "--high-t-share", "1.5"], "--high-t-share must be in [0, 1]"),
         (["world", "train-model", "--workers", "-1"], "--workers must be >= 0, got -1"),
         (["world", "train-model", "--init", "docs"], "--init docs: no UNet weights at docs/unet/"),
+        (["world", "render", "--n", "3", "--seed", "-1"], "--seed must be >= 0 for the world's renders, got -1"),
+        (["world", "train-model", "--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
+        (["world", "gates", "--batch-size", "0"], "--steps and --batch-size >= 1, got 1.0, 25 and 0"),
         (["generate", "-p", "a doctor", "--height", "64"], "the tiny model draws 32x32 images only"),
     ],
 )

@@ -3,6 +3,7 @@ its end); heavy imports stay in the command bodies so `--help` is instant."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -32,6 +33,8 @@ def world_render(
 
         if n < 1:
             raise FairdiffError(f"--n must be >= 1, got {n}")
+        if seed < 0:
+            raise FairdiffError(f"--seed must be >= 0 for the world's renders, got {seed}")
         world = load_world_config(config)
         ensure_writable_dir(out)
         manifest = render_dataset(world, n, seed, out)
@@ -128,6 +131,8 @@ def world_train_model(
             )
         if workers < 0:
             raise FairdiffError(f"--workers must be >= 0, got {workers}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise FairdiffError(f"--lr must be a finite number > 0, got {lr}")
         if not 0.0 <= high_t_share <= 1.0 or not 0 <= high_t_from < 1000:
             raise FairdiffError(
                 f"--high-t-share must be in [0, 1] and --high-t-from in [0, 1000), got {high_t_share}, {high_t_from}"
@@ -183,8 +188,10 @@ def world_gates(
         from fairdiff.world.config import load_world_config
         from fairdiff.world.gates import GateConfig, run_gates
 
-        if not scale > 0 or steps < 1:
-            raise FairdiffError(f"--scale must be > 0 and --steps >= 1, got {scale} and {steps}")
+        if not scale > 0 or steps < 1 or batch_size < 1:
+            raise FairdiffError(
+                f"--scale must be > 0, --steps and --batch-size >= 1, got {scale}, {steps} and {batch_size}"
+            )
         world = load_world_config(config)
         ensure_writable_dir(out.parent)
         loaded = load_pipeline(model, device=device)
