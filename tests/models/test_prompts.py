@@ -17,6 +17,8 @@ from fairdiff.models.prompts import split_negative_terms
         ("-ugly a dog", None, ("a dog", "ugly")),
         ("a - b", None, ("a - b", "")),
         ("a photo", "", ("a photo", "")),
+        ("a photo of a woman -revealing, high quality", None, ("a photo of a woman, high quality", "revealing")),
+        ("a face -don't -blurry.", "x", ("a face.", "x, don't, blurry")),
     ],
 )
 def test_split_negative_terms(prompt, negative, expected):

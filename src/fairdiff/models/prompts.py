@@ -1,7 +1,8 @@
 """Prompt syntax: `"a woman -revealing"` moves each `-term` into the negative prompt.
 
-A term is a word (`-revealing`), a hyphenated word (`-low-quality`) or a quoted phrase (`-"bare shoulders"`
-or `-'bare shoulders'`). Only a `-` that starts a word counts, so "dark-skinned" stays in the prompt.
+A term is a word (`-revealing`, `-don't`), a hyphenated word (`-low-quality`) or a quoted phrase (`-"bare
+shoulders"` or `-'bare shoulders'`). Only a `-` that starts a word counts, so "dark-skinned" stays in the
+prompt; punctuation after a word stays in the prompt ("a woman -revealing, smiling" -> "a woman, smiling").
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import re
 
 from fairdiff.errors import FairdiffError
 
-_NEGATED = re.compile(r"""(?:(?<=\s)|^)-(?:"([^"]*)"|'([^']*)'|([^\s"']+))""")
+_WORD = r"""[^\s"',;:.!?]+(?:'[^\s"',;:.!?]+)*"""  # an apostrophe inside a word belongs to it
+_NEGATED = re.compile(rf"""(?:\s+|^)-(?:"([^"]*)"|'([^']*)'|({_WORD}))""")
 
 
 def split_negative_terms(prompt: str, negative: str | None = None) -> tuple[str, str]:
