@@ -204,3 +204,21 @@ def test_measure_accuracy_on_labelled_files(tmp_path, clip_dir):
     with pytest.raises(FairdiffError, match="needs a 'path' column"):
         (tmp_path / "bad.csv").write_text("file,gender\na.png,man\n")
         det.measure_accuracy_csv(tmp_path / "bad.csv")
+
+
+def test_templates_with_other_braces_are_taken_literally():
+    spec = {"templates": ["a {} {style}", "a } {}"], "classes": {"man": ["man"], "woman": ["woman"]}}
+    prompts = load_templates({"gender": spec})
+    assert prompts["gender"]["man"] == ["a man {style}", "a } man"]
+
+
+def test_labelled_csv_saved_by_excel_and_a_row_without_path(tmp_path):
+    from fairdiff.detect.labelled import read_labelled_csv
+
+    path = tmp_path / "labels.csv"
+    path.write_bytes("path,gender\na.png,man\n".encode("utf-8-sig"))  # starts with a byte-order mark
+    paths, labels = read_labelled_csv(path, ["gender"])
+    assert paths == [tmp_path / "a.png"] and labels == {"gender": ["man"]}
+    path.write_text("path,gender\na.png,man\n,woman\n")
+    with pytest.raises(FairdiffError, match="line 3 has no path"):
+        read_labelled_csv(path, ["gender"])

@@ -57,6 +57,12 @@ def test_directory_without_index_and_bad_options(tmp_path):
     (tmp_path / "model_index.json").write_text("{not json")
     with pytest.raises(FairdiffError, match="unreadable model_index.json"):
         load_pipeline(str(tmp_path))
+    (tmp_path / "model_index.json").write_text("[1, 2]")  # JSON, not an object
+    with pytest.raises(FairdiffError, match="unreadable model_index.json"):
+        load_pipeline(str(tmp_path))
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "NoSuchPipeline"}))  # a newer diffusers'
+    with pytest.raises(FairdiffError, match="could not be loaded"):
+        load_pipeline(str(tmp_path))
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(FairdiffError, match="--dtype"):
         load_pipeline(str(tmp_path), dtype="float8")

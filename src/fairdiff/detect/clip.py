@@ -110,7 +110,7 @@ def _attribute_prompts(attribute: str, spec: object) -> dict[str, list[str]]:
             phrases = [phrases]
         if not phrases or not all(isinstance(p, str) and p.strip() for p in phrases):
             raise FairdiffError(f"{where}: class {name!r} needs a non-empty list of phrases, got {phrases!r}")
-        prompts[str(name)] = [t.format(p) for t in templates for p in phrases]
+        prompts[str(name)] = [t.replace("{}", p) for t in templates for p in phrases]  # not format: {x}, }
     return prompts
 
 

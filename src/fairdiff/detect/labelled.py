@@ -17,7 +17,7 @@ def read_labelled_csv(csv_path: str | Path, attributes: Sequence[str]) -> tuple[
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise FairdiffError(f"accuracy CSV {str(csv_path)!r} not found")
-    with csv_path.open(newline="") as f:
+    with csv_path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a CSV saved by Excel
         rows = list(csv.DictReader(f))
     columns = set(rows[0]) if rows else set()
     if "path" not in columns:
@@ -28,6 +28,9 @@ def read_labelled_csv(csv_path: str | Path, attributes: Sequence[str]) -> tuple[
             f"accuracy CSV {str(csv_path)!r}: no label column; expected one of {list(attributes)},"
             f" has {sorted(columns)}"
         )
+    missing = [i + 2 for i, row in enumerate(rows) if not (row.get("path") or "").strip()]  # line 1: header
+    if missing:
+        raise FairdiffError(f"accuracy CSV {str(csv_path)!r}: line {missing[0]} has no path")
     paths = [p if (p := Path(row["path"]).expanduser()).is_absolute() else csv_path.parent / p for row in rows]
     return paths, {a: [(row[a] or "").strip() for row in rows] for a in present}
 

@@ -132,8 +132,8 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32") -> Lo
             raise FairdiffError(f"model {model!r}: directory has no model_index.json (not a diffusers pipeline)")
         try:
             class_name = json.loads(index.read_text())["_class_name"]
-        except (ValueError, KeyError) as exc:
-            raise FairdiffError(f"model {model!r}: unreadable model_index.json ({exc})") from None
+        except (ValueError, KeyError, TypeError) as exc:  # TypeError: not a JSON object
+            raise FairdiffError(f"model {model!r}: unreadable model_index.json ({exc!r})") from None
         cls = TinyPortraitPipeline if class_name == "TinyPortraitPipeline" else DiffusionPipeline
         source = str(path.resolve())
     elif _HUB_ID.match(model) and not Path(model).exists() and not model.startswith((".", "/", "~")):
@@ -146,7 +146,7 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32") -> Lo
         with warnings.catch_warnings():  # newer diffusers renamed torch_dtype to dtype; older ones know only this
             warnings.filterwarnings("ignore", message=".*torch_dtype.*")
             pipe = cls.from_pretrained(source, torch_dtype=torch_dtype)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, AttributeError, ImportError) as exc:  # AttributeError: an unknown _class_name
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FairdiffError(f"model {model!r} could not be loaded: {first}") from None
     finally:
