@@ -89,6 +89,12 @@ _DELETE = object()
         (("captions", "name_probability", "hat"), 0.5, r"unknown attribute\(s\) \['hat'\]"),
         (("occupations",), _DELETE, r"occupations: expected a mapping"),
         (("version",), 2, r"unsupported version 2"),
+        # a misspelt key would leave its default in place without a word
+        (("contexts", "photo", "revealling"), 0.9, r"contexts.photo: unknown key\(s\) \['revealling'\]"),
+        (("skews", 0, "contxt"), "photo", r"skews\[0\]: unknown key\(s\) \['contxt'\]"),
+        (("captions", "nam_probability"), {}, r"captions: unknown key\(s\) \['nam_probability'\]"),
+        (("defaults", "skn"), {"light": 1.0}, r"defaults: unknown key\(s\) \['skn'\]"),
+        (("contexts", "photo", "weight"), float("inf"), r"contexts.photo.weight: expected a positive number"),
     ],
 )
 def test_bad_config_names_the_problem(raw, path, value, message):
@@ -103,6 +109,10 @@ def test_bad_files(tmp_path):
     broken.write_text("occupations: [doctor\n")
     with pytest.raises(FairdiffError, match="not valid YAML"):
         load_world_config(broken)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("version: 1 # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(FairdiffError, match="not a UTF-8 text file"):
+        load_world_config(latin1)
     top = tmp_path / "list.yaml"
     top.write_text("- 1\n- 2\n")
     with pytest.raises(FairdiffError, match=r"<top>: expected a mapping"):

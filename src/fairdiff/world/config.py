@@ -100,6 +100,12 @@ class _Checker:
             raise self.fail(path, f"probability must be in [0, 1], got {value}")
         return float(value)
 
+    def keys(self, spec: dict, allowed: set[str], path: str) -> None:
+        """A misspelt key would otherwise leave its default in place without a word."""
+        extra = sorted(set(spec) - allowed)
+        if extra:
+            raise self.fail(path, f"unknown key(s) {extra}; allowed: {sorted(allowed)}")
+
     def distribution(self, value: Any, attribute: str, path: str) -> dict[str, float]:
         dist = self.mapping(value, path)
         allowed = ATTRIBUTES[attribute]
@@ -125,6 +131,7 @@ def parse_world_config(data: Any, source: str = "<dict>") -> WorldConfig:
         raise c.fail("version", f"unsupported version {data.get('version')!r}, expected 1")
 
     defaults_raw = c.mapping(data.get("defaults", {}), "defaults")
+    c.keys(defaults_raw, set(DEMOGRAPHIC_ATTRIBUTES), "defaults")
     defaults = {}
     for attr in DEMOGRAPHIC_ATTRIBUTES:
         uniform = {v: 1.0 / len(ATTRIBUTES[attr]) for v in ATTRIBUTES[attr]}
@@ -160,11 +167,12 @@ def parse_world_config(data: Any, source: str = "<dict>") -> WorldConfig:
     for name, spec in ctx_raw.items():
         path = f"contexts.{name}"
         spec = c.mapping(spec, path)
+        c.keys(spec, {"weight", "templates", "occupation_in_caption", "revealing"}, path)
         for key in ("weight", "templates"):
             if key not in spec:
                 raise c.fail(path, f"missing key `{key}`")
         weight = spec["weight"]
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < math.inf:
             raise c.fail(f"{path}.weight", f"expected a positive number, got {weight!r}")
         templates = spec["templates"]
         if not isinstance(templates, list) or not templates:
@@ -187,6 +195,7 @@ def parse_world_config(data: Any, source: str = "<dict>") -> WorldConfig:
     for i, spec in enumerate(skews_raw):
         path = f"skews[{i}]"
         spec = c.mapping(spec, path)
+        c.keys(spec, {"name", "context", "when", "revealing", "finding"}, path)
         context = spec.get("context")
         if context not in contexts:
             raise c.fail(f"{path}.context", f"unknown context {context!r}; defined: {list(contexts)}")
@@ -209,6 +218,7 @@ def parse_world_config(data: Any, source: str = "<dict>") -> WorldConfig:
         )
 
     captions = c.mapping(data.get("captions", {}) or {}, "captions")
+    c.keys(captions, {"name_probability"}, "captions")
     names_raw = c.mapping(captions.get("name_probability", {}) or {}, "captions.name_probability")
     bad = sorted(set(names_raw) - set(_NAMEABLE))
     if bad:
@@ -226,4 +236,6 @@ def load_world_config(path: str | Path | None = None) -> WorldConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise FairdiffError(f"world config {path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise FairdiffError(f"world config {path}: not a UTF-8 text file") from None
     return parse_world_config(data, source=str(path if path != DEFAULT_WORLD else "<default>"))
