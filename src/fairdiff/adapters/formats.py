@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from fairdiff.errors import FairdiffError
+from fairdiff.files import swap_in_dir
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -338,27 +339,10 @@ def write_peft(adapter: LoRAAdapter, path: str | Path, base_model: str | None = 
         else:
             for component, layers in parts.items():
                 _write_peft_dir(layers, tmp / component, base_model)
-        _swap_in(tmp, target)
+        swap_in_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
-
-
-def _swap_in(new: Path, root: Path) -> None:
-    """Put directory `new` at `root`, replacing what is there: the old directory is moved aside first and
-    deleted only once `new` is in place (put back if the move fails)."""
-    if not root.exists():
-        os.replace(new, root)
-        return
-    old = root.parent / f".{root.name}.old-{os.getpid()}"
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(root, old)
-    try:
-        os.replace(new, root)
-    except BaseException:
-        os.replace(old, root)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # -- any format -----------------------------------------------------------------------------------------

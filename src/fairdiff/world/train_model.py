@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from fairdiff.errors import FairdiffError
+from fairdiff.files import swap_in_dir
 from fairdiff.world.captions import sample_world
 from fairdiff.world.config import WorldConfig
 from fairdiff.world.render import render_batch
@@ -225,10 +226,7 @@ def train_model(
         # the pipeline too: written aside, then swapped in, then its step recorded (a kill leaves a whole one)
         shutil.rmtree(out / "pipeline.tmp", ignore_errors=True)
         build_tiny_pipeline(ema, text=(tokenizer, text_encoder)).save_pretrained(out / "pipeline.tmp")
-        if (out / "pipeline").exists():
-            (out / "pipeline").rename(out / "pipeline.old")
-        (out / "pipeline.tmp").rename(out / "pipeline")
-        shutil.rmtree(out / "pipeline.old", ignore_errors=True)
+        swap_in_dir(out / "pipeline.tmp", out / "pipeline")
         (out / "exported.json").write_text(json.dumps({"step": step}) + "\n")
 
     logger.info("training on %s, bf16 autocast %s", device, "on" if bf16 else "off")
