@@ -20,6 +20,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check src tests bench tools
 	$(BIN)/ruff format --check src tests bench tools
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 format: setup

@@ -22,8 +22,8 @@ from fairdiff.audit.arms import arm_from_spec
 from fairdiff.audit.runner import AuditConfig, build_plan, run_audit, shard_batches
 from fairdiff.audit.suites import load_suite
 from fairdiff.detect import build_detector
-from fairdiff.generate import run_pipeline
 from fairdiff.models.loading import load_pipeline
+from fairdiff.models.sampling import run_pipeline
 from fairdiff.provenance import library_versions, machine_line
 
 

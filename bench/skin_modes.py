@@ -28,8 +28,8 @@ from diffusers import (
 )
 
 import fairdiff.world.render as render
-from fairdiff.generate import run_pipeline
 from fairdiff.models.loading import load_pipeline
+from fairdiff.models.sampling import run_pipeline
 from fairdiff.models.tiny import TINY_SCHEDULER_CONFIG
 from fairdiff.world.classifier import load_classifier, predict_probs
 from fairdiff.world.config import load_world_config

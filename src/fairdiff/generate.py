@@ -8,24 +8,22 @@ AVX2-only CPU: a batch of 1 vs 2-8 differs by one grey level in 1-2 pixels of so
 
 from __future__ import annotations
 
-import inspect
-import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from fairdiff.errors import FairdiffError
+from fairdiff.files import ensure_writable_dir, write_json_atomic
+from fairdiff.images import grid
 from fairdiff.models.loading import LoadedModel
 from fairdiff.models.prompts import split_negative_terms
+from fairdiff.models.sampling import effective_guidance, run_pipeline
 from fairdiff.provenance import library_versions, machine
-from fairdiff.world.dataset import grid
 
 logger = logging.getLogger(__name__)
 
@@ -62,57 +60,11 @@ class GenerateConfig:
                 parse_adapter_spec(text)
 
 
-def ensure_writable_dir(out: Path) -> None:
-    """Create `out` (and parents) and check a file can be written there."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".fairdiff-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise FairdiffError(f"--out {out}: not writable ({exc.strerror or exc})") from None
-
-
 def check_image_size(loaded: LoadedModel, cfg: GenerateConfig) -> None:
     """The tiny model draws 32x32 only; say so instead of ignoring --height/--width."""
     size = {k: v for k, v in (("height", cfg.height), ("width", cfg.width)) if v is not None}
     if loaded.kind == "tiny" and any(v != 32 for v in size.values()):
         raise FairdiffError(f"the tiny model draws 32x32 images only, got --height/--width {size}")
-
-
-def run_pipeline(
-    loaded: LoadedModel,
-    prompts: list[str],
-    negatives: list[str],
-    seeds: list[int],
-    steps: int,
-    guidance: float | None,
-    height: int | None = None,
-    width: int | None = None,
-) -> np.ndarray:
-    """One batch through any supported pipeline: uint8 images (B, H, W, 3); image i seeded by seeds[i]."""
-    kwargs: dict = {
-        "num_inference_steps": steps,
-        "output_type": "np",
-        "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
-    }
-    if guidance is not None:
-        kwargs["guidance_scale"] = guidance
-    if loaded.kind != "tiny":
-        kwargs.update({k: v for k, v in (("height", height), ("width", width)) if v is not None})
-    images = loaded.pipeline(prompt=prompts, negative_prompt=negatives, **kwargs).images
-    images = np.asarray(images, dtype=np.float32)  # (B, H, W, 3) in [0, 1]
-    if not np.isfinite(images).all():
-        raise FairdiffError(f"model {loaded.name!r} produced NaN/Inf pixels (try --dtype float32)")
-    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
-
-
-def effective_guidance(loaded: LoadedModel, guidance: float | None) -> float | None:
-    """The guidance scale a run used: the one given, else the pipeline's own default."""
-    if guidance is not None:
-        return guidance
-    param = inspect.signature(loaded.pipeline.__call__).parameters.get("guidance_scale")
-    return None if param is None or param.default is inspect.Parameter.empty else float(param.default)
 
 
 def attach_config_adapters(loaded: LoadedModel, cfg: GenerateConfig):
@@ -195,7 +147,5 @@ def generate(
         "adapters": adapter_records,
         "seconds": round(time.time() - t0, 2),
     }
-    tmp = out / "generate.json.tmp"
-    tmp.write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
-    tmp.replace(out / "generate.json")
+    write_json_atomic(out / "generate.json", sidecar)
     return sidecar

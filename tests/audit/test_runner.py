@@ -174,7 +174,7 @@ def test_disk_full_mid_batch_is_one_clear_error_and_the_store_stays_intact(tmp_p
 
     import fairdiff.audit.runner as runner
 
-    real, writes = runner._write_atomic, []
+    real, writes = runner.write_atomic, []
 
     def failing(path, data):
         writes.append(path)
@@ -182,14 +182,14 @@ def test_disk_full_mid_batch_is_one_clear_error_and_the_store_stays_intact(tmp_p
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(runner, "_write_atomic", failing)
+    monkeypatch.setattr(runner, "write_atomic", failing)
     out = tmp_path / "run"
     with pytest.raises(FairdiffError, match="No space left on device.*rerun with --resume"):
         _run(_cfg(), out, tiny)
     with Store(out / STORE_NAME) as s:
         assert s.count() == 4  # the first batch, whole; nothing of the failed one
         assert s.db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    monkeypatch.setattr(runner, "_write_atomic", real)
+    monkeypatch.setattr(runner, "write_atomic", real)
     _run(_cfg(), out, tiny, resume=True)
     assert len(_sig(out)) == 12
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from fairdiff.detect import build_detector
-from fairdiff.detect.base import CombinedDetector, Detector
+from fairdiff.detect.base import Detector
+from fairdiff.detect.registry import CombinedDetector
 from fairdiff.errors import FairdiffError
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from fairdiff.errors import FairdiffError
-from fairdiff.generate import run_pipeline
 from fairdiff.models.loading import load_pipeline
 from fairdiff.models.random_pipelines import tiny_sd_pipeline, tiny_sdxl_pipeline
+from fairdiff.models.sampling import run_pipeline
 
 
 @pytest.fixture(scope="module", params=["sd", "sdxl"])

@@ -5,7 +5,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from fairdiff.world.dataset import contact_sheet, grid, render_dataset
+from fairdiff.images import grid
+from fairdiff.world.dataset import contact_sheet, render_dataset
 from fairdiff.world.render import render_portrait
 from fairdiff.world.schema import Portrait
 

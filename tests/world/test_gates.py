@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fairdiff.generate import run_pipeline
 from fairdiff.metrics.bootstrap import wilson_ci
 from fairdiff.models.loading import load_pipeline
+from fairdiff.models.sampling import run_pipeline
 from fairdiff.world.classifier import load_classifier, predict_probs
 from fairdiff.world.gates import GateConfig, run_gates
 from fairdiff.world.render import render_batch

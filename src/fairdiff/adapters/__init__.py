@@ -1,7 +1,7 @@
 """LoRA engine: slotted layers (K adapters per layer), exact merge/restore, exact composition, per-sample
 adapters in one batch; PEFT, diffusers and kohya files. See docs/adapters.md and DESIGN.md (Adapters).
 
-Names are imported on first use, so `fairdiff.adapters.cli` (and `fairdiff --help`) does not import torch.
+Names are imported on first use, so `fairdiff --help` does not import torch.
 The composition function is exported as `compose_adapters`: `fairdiff.adapters.compose` is its module (a
 package attribute named like a submodule turns into that module once the submodule is imported).
 """
@@ -19,7 +19,7 @@ _EXPORTS = {
     "parse_adapter_spec": "engine",
     "LoRAAdapter": "formats",
     "LoRALayer": "formats",
-    "load_adapter": "formats",
+    "load_adapter": "loading",
     "read_peft": "formats",
     "write_peft": "formats",
     "LoRASlots": "slots",

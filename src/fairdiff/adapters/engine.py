@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fairdiff.adapters.formats import MODEL, PIPELINE_COMPONENTS, LoRAAdapter, LoRALayer, load_adapter
+from fairdiff.adapters.formats import MODEL, PIPELINE_COMPONENTS, LoRAAdapter, LoRALayer
+from fairdiff.adapters.loading import load_adapter
 from fairdiff.adapters.slots import LoRASlots, inject_slots, remove_slots, slotted_layers
 from fairdiff.errors import FairdiffError
 
@@ -73,7 +74,7 @@ def parse_adapter_spec(text: str) -> AdapterSpec:
 def adapter_record(spec: AdapterSpec, adapter: LoRAAdapter | None = None) -> dict:
     """What a run directory records about an adapter: path, sha256 of its weights, weight, format."""
     from fairdiff.adapters.formats import resolve_adapter_file
-    from fairdiff.models.loading import file_sha256
+    from fairdiff.files import file_sha256
 
     target = resolve_adapter_file(spec.path)
     files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]

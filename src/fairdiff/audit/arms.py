@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fairdiff.errors import FairdiffError
+from fairdiff.files import slug
 from fairdiff.models.prompts import split_negative_terms
 
 ARM_KINDS: dict[str, type[Arm]] = {}
@@ -165,7 +166,7 @@ class ArmRuntime:
         if not self._paths:
             return
         from fairdiff.adapters.engine import AdapterSpec, adapter_record, attach_adapters
-        from fairdiff.adapters.formats import load_adapter
+        from fairdiff.adapters.loading import load_adapter
 
         unet_config = getattr(getattr(self.loaded.pipeline, "unet", None), "config", None)
         adapters = [load_adapter(p, allow_pickle=self._allow_pickle[p], unet_config=unet_config) for p in self._paths]
@@ -204,7 +205,7 @@ def adapter_arm_name(path: Path, taken: set[str]) -> str:
     stem = path.name if path.is_dir() else path.stem
     if stem in ("adapter_model", "pytorch_lora_weights") and path.parent.name:
         stem = path.parent.name
-    base = re.sub(r"[^A-Za-z0-9_.+-]+", "-", stem).strip("-.") or "adapter"
+    base = slug(stem, fallback="adapter")
     if not base[0].isalnum():
         base = f"adapter-{base}"
     name, k = base, 2

@@ -10,7 +10,6 @@ and writes its own store; readers union the shards (`fairdiff audit merge` folds
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -20,12 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from fairdiff.audit.arms import Arm, ArmRuntime, arm_from_spec, check_arms
 from fairdiff.audit.store import SCHEMA_VERSION, ImageRow, Store, store_files, store_path
 from fairdiff.audit.suites import Suite, load_suite
 from fairdiff.errors import FairdiffError
+from fairdiff.files import ensure_writable_dir, write_atomic, write_json_atomic
+from fairdiff.images import png_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -142,34 +142,9 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _png_bytes(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    _write_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
-
-
 def prepare_run_dir(out: Path, cfg: AuditConfig, resume: bool, fingerprint: str | None = None) -> dict | None:
     """Check `out` is new (or, with resume, was written by this config and store schema). Ranks of a sharded
     run share `out`: whichever starts second finds the config of the first, which is fine if it matches."""
-    from fairdiff.generate import ensure_writable_dir
-
     config_file = out / CONFIG_NAME
     if config_file.exists():
         if not resume and dist_rank()[1] == 1:
@@ -195,7 +170,7 @@ def prepare_run_dir(out: Path, cfg: AuditConfig, resume: bool, fingerprint: str 
 
 def check_audit(cfg: AuditConfig) -> tuple[list[Arm], list[Suite]]:
     """Validate everything about an audit that can be checked without loading a model."""
-    from fairdiff.detect.base import detector_factory
+    from fairdiff.detect.registry import detector_factory
     from fairdiff.world.config import load_world_config
 
     cfg.check()
@@ -252,8 +227,8 @@ def run_audit(
 ) -> dict:
     """Run (or resume) an audit into `out`; returns the run record (also written to `out/audit.json`)."""
     from fairdiff.detect import build_detector
-    from fairdiff.generate import effective_guidance
     from fairdiff.models.loading import load_pipeline
+    from fairdiff.models.sampling import effective_guidance
     from fairdiff.provenance import library_versions, machine
 
     arms, suites = check_audit(cfg)
@@ -265,7 +240,7 @@ def run_audit(
     if detector is None:
         import inspect
 
-        from fairdiff.detect.base import detector_factory
+        from fairdiff.detect.registry import detector_factory
 
         options = dict(cfg.detector_options)
         params = inspect.signature(detector_factory(cfg.detector)).parameters
@@ -299,7 +274,7 @@ def run_audit(
     }
     if old is None and rank == 0:
         try:
-            _write_json_atomic(out / CONFIG_NAME, record)
+            write_json_atomic(out / CONFIG_NAME, record)
         except OSError as exc:
             raise FairdiffError(f"could not write {out / CONFIG_NAME} ({exc.strerror or exc})") from None
 
@@ -315,7 +290,7 @@ def run_audit(
 
 def _draw(out, cfg, loaded, detector, runtime, arm_by_name, batches, rank, world_size, on_progress) -> None:
     """Draw, detect and store every batch of this rank that the store does not hold yet."""
-    from fairdiff.generate import run_pipeline
+    from fairdiff.models.sampling import run_pipeline
 
     done: set[str] = set()
     for path in store_files(out):  # jobs any rank or earlier run (any world size) already stored
@@ -348,10 +323,10 @@ def _draw(out, cfg, loaded, detector, runtime, arm_by_name, batches, rank, world
             rows = []
             for i, (job, img) in enumerate(zip(batch, pixels, strict=True)):
                 rel = Path("images") / job.suite / job.prompt_id / job.arm / f"{job.seed:06d}.png"
-                data = _png_bytes(img)
+                data = png_bytes(img)
                 try:
                     (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                    _write_atomic(out / rel, data)
+                    write_atomic(out / rel, data)
                 except OSError as exc:  # disk full, quota, permissions: nothing of this batch is committed
                     raise FairdiffError(
                         f"could not write {out / rel} ({exc.strerror or exc}); the store holds every batch "

@@ -28,6 +28,7 @@ import yaml
 
 from fairdiff.audit.arms import SAFE_NAME
 from fairdiff.errors import FairdiffError
+from fairdiff.files import slug
 
 BUILTIN_SUITES = ("occupations", "avatars", "paraphrases", "world-occupations", "world-avatars", "world-paraphrases")
 KINDS = ("shares", "outcome")
@@ -74,10 +75,6 @@ class Suite:
             "world": self.world,
             "prompts": [{"id": p.id, "text": p.text, "fields": p.fields, "context": p.context} for p in self.prompts],
         }
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def _fix_articles(template: str, words: dict[str, str]) -> str:
@@ -232,7 +229,9 @@ def parse_suite(data: Any, source: str = "<dict>", world_config=None) -> Suite:
                 fields.update({k: v for k, v in e.items() if k not in ("value", "word")})
             said = {k: e.get("word") or words.get(k, {}).get(e["value"], e["value"]) for k, e in chosen.items()}
             prompt_text = _fix_articles(text, said)
-            pid = _slug("-".join(fields[k] for k in tkeys)) + (f"-t{ti}" if len(tpls) > 1 else "")
+            pid = slug("-".join(fields[k] for k in tkeys), allowed="a-z0-9", lower=True) + (
+                f"-t{ti}" if len(tpls) > 1 else ""
+            )
             if pid in seen:
                 raise c.fail("values", f"two prompts get the same id {pid!r}")
             seen.add(pid)

@@ -4,6 +4,7 @@ Every detector maps uint8 images (N, H, W, 3) to {attribute: probabilities (N, K
 says how accurate it is where that was measured, so every number built on it can carry that accuracy.
 """
 
-from fairdiff.detect.base import DETECTORS, Detector, build_detector, register_detector
+from fairdiff.detect.base import DETECTORS, Detector, register_detector
+from fairdiff.detect.registry import build_detector, detector_factory
 
-__all__ = ["DETECTORS", "Detector", "build_detector", "register_detector"]
+__all__ = ["DETECTORS", "Detector", "build_detector", "detector_factory", "register_detector"]

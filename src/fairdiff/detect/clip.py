@@ -287,7 +287,7 @@ def _load_clip(checkpoint: str, source: str, dtype: torch.dtype):
 
 def _weight_hashes(source: str) -> dict[str, str]:
     """sha256 of the checkpoint's weight files (hub ids: from the local cache; {} when not there)."""
-    from fairdiff.models.loading import file_sha256
+    from fairdiff.files import file_sha256
 
     root = Path(source)
     if not root.is_dir():

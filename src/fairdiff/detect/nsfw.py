@@ -127,7 +127,7 @@ class NudeNetDetector(LabelledAccuracy, Detector):
 
         import nudenet
 
-        from fairdiff.models.loading import file_sha256
+        from fairdiff.files import file_sha256
 
         try:
             version = importlib.metadata.version("nudenet")

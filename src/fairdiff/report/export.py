@@ -15,20 +15,16 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from fairdiff.errors import FairdiffError
+from fairdiff.files import slug
 from fairdiff.report.runs import ReportRun, load_runs
 
 logger = logging.getLogger(__name__)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "suite"
 
 
 def _with_run(df: pd.DataFrame, run: ReportRun) -> pd.DataFrame:
@@ -48,10 +44,10 @@ def export_runs(runs: list[ReportRun], out_dir: str | Path) -> list[Path]:
         add("rows", r.results.rows.assign(run_dir=str(r.run_dir)), r)
         add("quality", r.summary.quality, r)
         for name, s in r.summary.suites.items():
-            slug = _slug(name)
+            name_slug = slug(name, allowed="A-Za-z0-9_.-", fallback="suite")
             for what, df in s.tables().items():
-                add(f"metrics-{slug}-{what}", df, r)
-            add(f"truth-{slug}", s.truth, r)
+                add(f"metrics-{name_slug}-{what}", df, r)
+            add(f"truth-{name_slug}", s.truth, r)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from fairdiff.world.captions import sample_world
@@ -44,17 +43,6 @@ def render_dataset(world: WorldConfig, n: int, seed: int, out: Path, chunk: int 
         json.dumps({"source": world.source, "config": world.raw, "seed": seed, "n": n}, indent=2) + "\n"
     )
     return manifest
-
-
-def grid(images: np.ndarray, cols: int) -> np.ndarray:
-    """(N, H, W, 3) -> one (rows*H, cols*W, 3) image, padding the last row with white."""
-    n, h, w, c = images.shape
-    rows = -(-n // cols)
-    canvas = np.full((rows * h, cols * w, c), 255, dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, k = divmod(i, cols)
-        canvas[r * h : (r + 1) * h, k * w : (k + 1) * w] = img
-    return canvas
 
 
 def contact_sheet(occupations: list[str], seed: int = 0, scale: int = 3) -> Image.Image:

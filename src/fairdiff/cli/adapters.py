@@ -1,6 +1,6 @@
 """`fairdiff adapters ...`: inspect, convert, compose and merge LoRA files (PEFT, diffusers, kohya).
 
-Registered on the main typer app by `fairdiff.cli` (imported at its end); heavy imports stay in the bodies.
+Heavy imports stay in the command bodies so `--help` is instant.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fairdiff.cli import app, console, expected_errors
+from fairdiff.cli.app import app, console, expected_errors
 from fairdiff.errors import FairdiffError
 
 adapters_app = typer.Typer(
@@ -54,7 +54,7 @@ def adapters_inspect(
 ) -> None:
     """Format, ranks, alphas, targets per component, size, parameters, delta norms ||s B A||_F."""
     with expected_errors():
-        from fairdiff.adapters.formats import load_adapter
+        from fairdiff.adapters.loading import load_adapter
         from fairdiff.adapters.summary import summarize
 
         adapter = load_adapter(file, allow_pickle=allow_pickle, unet_config=_unet_config(layers_per_block))
@@ -101,8 +101,9 @@ def adapters_convert(
     """Write an adapter in the PEFT format (adapter_config.json + adapter_model.safetensors)."""
     with expected_errors():
         from fairdiff.adapters.engine import AdapterSpec, adapter_record
-        from fairdiff.adapters.formats import load_adapter, write_peft
-        from fairdiff.generate import ensure_writable_dir
+        from fairdiff.adapters.formats import write_peft
+        from fairdiff.adapters.loading import load_adapter
+        from fairdiff.files import ensure_writable_dir
 
         adapter = load_adapter(file, allow_pickle=allow_pickle, unet_config=_unet_config(layers_per_block))
         ensure_writable_dir(out)
@@ -130,7 +131,7 @@ def adapters_compose(
         from fairdiff.adapters.compose import compose
         from fairdiff.adapters.engine import adapter_record, load_adapter_specs
         from fairdiff.adapters.formats import write_peft
-        from fairdiff.generate import ensure_writable_dir
+        from fairdiff.files import ensure_writable_dir
 
         specs, loaded = load_adapter_specs(adapters, allow_pickle, _unet_config(layers_per_block))
         result = compose(loaded, [s.weight for s in specs], method=method, density=density, rank=rank, seed=seed)
@@ -165,7 +166,7 @@ def adapters_merge(
     """Fold W0 + sum_k w_k s_k B_k A_k into the model's weights and save the pipeline; writes merge.json."""
     with expected_errors():
         from fairdiff.adapters.engine import adapter_record, attach_adapters, load_adapter_specs, parse_adapter_spec
-        from fairdiff.generate import ensure_writable_dir
+        from fairdiff.files import ensure_writable_dir
         from fairdiff.models.loading import load_pipeline
 
         for text in adapters:  # bad FILE[:WEIGHT] fails before the model loads

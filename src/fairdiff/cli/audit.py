@@ -1,6 +1,6 @@
 """The audit commands of the `fairdiff` CLI: `audit`, `audit-merge`, `report`, `demo`.
 
-Registered on the main typer app by `fairdiff.cli` (imported at its end); heavy imports stay in the bodies.
+Heavy imports stay in the command bodies so `--help` is instant.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fairdiff.cli import app, console, err_console, expected_errors, key_values
+from fairdiff.cli.app import app, console, err_console, expected_errors, key_values
 from fairdiff.errors import FairdiffError
 
 DEMO_NEGATIVE = "revealing clothes"

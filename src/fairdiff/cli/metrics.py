@@ -1,5 +1,6 @@
-"""The `metrics` commands of the `fairdiff` CLI. Registered on the main typer app by `fairdiff.cli` (imported at
-its end); heavy imports stay in the command bodies so `--help` is instant."""
+"""`fairdiff metrics`: bias metrics with CIs from any tool's per-image labels or per-group counts.
+
+Heavy imports stay in the command bodies so `--help` is instant."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fairdiff.cli import app, console, expected_errors
+from fairdiff.cli.app import app, console, expected_errors
 
 
 @app.command()

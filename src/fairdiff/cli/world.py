@@ -1,5 +1,6 @@
-"""The `world` commands of the `fairdiff` CLI. Registered on the main typer app by `fairdiff.cli` (imported at
-its end); heavy imports stay in the command bodies so `--help` is instant."""
+"""`fairdiff world ...`: render, sheet, train the classifier and the tiny model, quality gates.
+
+Heavy imports stay in the command bodies so `--help` is instant."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fairdiff.cli import _progress, app, console, expected_errors, key_values
+from fairdiff.cli.app import app, console, expected_errors, key_values, progress_bar
 from fairdiff.errors import FairdiffError
 
 world_app = typer.Typer(
@@ -27,7 +28,7 @@ def world_render(
 ) -> None:
     """Render N world samples: PNGs plus a manifest of captions and attribute labels."""
     with expected_errors():
-        from fairdiff.generate import ensure_writable_dir
+        from fairdiff.files import ensure_writable_dir
         from fairdiff.world.config import load_world_config
         from fairdiff.world.dataset import render_dataset
 
@@ -49,7 +50,7 @@ def world_sheet(
 ) -> None:
     """Draw a labelled contact sheet: one row per occupation, every attribute combination across."""
     with expected_errors():
-        from fairdiff.generate import ensure_writable_dir
+        from fairdiff.files import ensure_writable_dir
         from fairdiff.world.config import load_world_config
         from fairdiff.world.dataset import contact_sheet
 
@@ -118,7 +119,7 @@ def world_train_model(
     with expected_errors():
         import shutil
 
-        from fairdiff.generate import ensure_writable_dir
+        from fairdiff.files import ensure_writable_dir
         from fairdiff.models.loading import resolve_device
         from fairdiff.models.tiny import bundled_model_dir
         from fairdiff.world.config import load_world_config
@@ -156,7 +157,7 @@ def world_train_model(
             init=None if init is None else str(init),
             workers=workers,
         )
-        with _progress() as progress:
+        with progress_bar() as progress:
             task = progress.add_task("train-model", total=steps)
             pipeline_dir = train_model(world, cfg, out, on_step=lambda s, loss: progress.update(task, completed=s))
         if bundle:
@@ -182,8 +183,9 @@ def world_gates(
     with expected_errors():
         import json
 
-        from fairdiff.generate import ensure_writable_dir, run_pipeline
+        from fairdiff.files import ensure_writable_dir
         from fairdiff.models.loading import load_pipeline
+        from fairdiff.models.sampling import run_pipeline
         from fairdiff.world.classifier import load_classifier, predict_probs
         from fairdiff.world.config import load_world_config
         from fairdiff.world.gates import GateConfig, run_gates
@@ -217,7 +219,7 @@ def world_gates(
         def sample(prompts, seeds, guidance):
             return run_pipeline(loaded, prompts, [""] * len(prompts), seeds, cfg.steps, guidance)
 
-        with _progress() as progress:
+        with progress_bar() as progress:
             task = progress.add_task("gates", total=total)
             report = run_gates(
                 world,
