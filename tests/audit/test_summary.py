@@ -7,8 +7,9 @@ import pytest
 
 from fairdiff.audit.results import load_run
 from fairdiff.audit.runner import AuditConfig, run_audit
-from fairdiff.audit.summary import export, summarize
+from fairdiff.audit.summary import summarize
 from fairdiff.errors import FairdiffError
+from fairdiff.report.export import export_run
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_shares_equal_label_counts_and_truth_is_attached(run_dir):
 
 
 def test_export_writes_csv_parquet_and_json(run_dir, tmp_path):
-    written = export(summarize(load_run(run_dir), n_boot=100), tmp_path)
+    written = export_run(summarize(load_run(run_dir), n_boot=100), tmp_path)
     names = {p.name for p in written}
     assert {"rows.csv", "rows.parquet", "metrics.json"} <= names
     assert len(pd.read_parquet(tmp_path / "rows.parquet")) == 64
@@ -76,7 +77,7 @@ def test_metrics_json_is_strict_json_when_a_truth_rate_is_zero(run_dir, tmp_path
     truth_metrics = summary.suites["world-avatars"].truth_metrics
     attribute = next(iter(truth_metrics))  # the module's 4 prompts are all men: skin and gender×skin have groups
     truth_metrics[attribute].update(ratio=float("inf"), min_rate=float("nan"))
-    export(summary, tmp_path)
+    export_run(summary, tmp_path)
 
     def reject(token):
         raise AssertionError(f"metrics.json holds a bare {token}")

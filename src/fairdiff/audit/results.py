@@ -18,10 +18,9 @@ import pandas as pd
 from fairdiff.audit.runner import CONFIG_NAME
 from fairdiff.audit.store import SCHEMA_VERSION, read_rows
 from fairdiff.errors import FairdiffError
+from fairdiff.metrics.quality import valid_images
 
 logger = logging.getLogger(__name__)
-
-CONFIDENCE = 0.9  # validity: every head at least this confident
 
 
 @dataclass
@@ -79,15 +78,13 @@ def rows_frame(rows, record: dict, suites: dict[str, dict]) -> pd.DataFrame:
         }
         for k, v in fields.get((r.suite, r.prompt_id), {}).items():
             d[f"field_{k}"] = v
-        confident = True
         for attr, probs in r.probs.items():
             p = np.asarray(probs)
             d[attr] = classes[attr][int(p.argmax())]
             d[f"conf_{attr}"] = float(p.max())
-            confident &= bool(p.max() >= CONFIDENCE)
             for cls, x in zip(classes[attr], probs, strict=True):
                 d[f"prob_{attr}_{cls}"] = x
-        d["valid"] = confident
+        d["valid"] = bool(valid_images({a: np.asarray(p)[None] for a, p in r.probs.items()})[0])
         for name, rule in outcomes.items():
             attr, cls = rule.split("=")
             if attr in d:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -197,23 +196,3 @@ def _outcome_summary(name, spec, data, classes, truth, n_boot, seed) -> SuiteSum
                     "min_rate": float(t.min()),
                 }
     return SuiteSummary(name, "outcome", frame, table, per, spec=spec, truth_metrics=truth_metrics)
-
-
-def export(summary: RunSummary, out_dir: Path) -> list[Path]:
-    """rows.csv / rows.parquet (one row per image) and metrics.json + metrics CSVs into `out_dir`."""
-    import json
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = summary.results.rows
-    written = [out_dir / "rows.csv", out_dir / "rows.parquet", out_dir / "metrics.json"]
-    rows.to_csv(written[0], index=False)
-    rows.to_parquet(written[1], index=False)
-    written[2].write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
-    for name, s in summary.suites.items():
-        for what, df in s.tables().items():
-            if df is None:
-                continue
-            path = out_dir / f"metrics-{name}-{what}.csv"
-            df.to_csv(path, index=False)
-            written.append(path)
-    return written

@@ -76,7 +76,8 @@ def run_and_summarize(cfg, out: Path, resume: bool, title: str):
     """Run the audit with a progress bar, then print the headline and write metrics + exports."""
     from fairdiff.audit.results import load_run
     from fairdiff.audit.runner import check_audit, dist_rank, prepare_run_dir, run_audit
-    from fairdiff.audit.summary import export, summarize
+    from fairdiff.audit.summary import summarize
+    from fairdiff.report.export import export_run
 
     check_audit(cfg)  # bad input fails before anything is loaded, drawn or written
     if not resume:
@@ -101,7 +102,7 @@ def run_and_summarize(cfg, out: Path, resume: bool, title: str):
         console.print(f"rank {rank}/{world_size} done; when all ranks finish: fairdiff audit-merge {out}")
         return None
     summary = summarize(load_run(out))
-    export(summary, out)
+    export_run(summary, out)
     print_headline(summary)
     return summary
 
@@ -192,7 +193,9 @@ def print_headline(summary) -> None:
         console.print(table)
     q = summary.quality
     line = ", ".join(f"{a} {v:.3f}" for a, v in zip(q["arm"], q["validity"], strict=True))
-    console.print(f"validity (every head >= 0.9 confident): {line}", highlight=False)
+    from fairdiff.metrics.quality import VALIDITY_CONFIDENCE
+
+    console.print(f"validity (every head >= {VALIDITY_CONFIDENCE} confident): {line}", highlight=False)
     if acc:
         accs = ", ".join(f"{a} {v['accuracy']:.3f}" for a, v in acc.items())
         console.print(f"detector accuracy ({next(iter(acc.values()))['on']}): {accs}", highlight=False)
@@ -265,13 +268,14 @@ def audit_merge(run_dir: Path = typer.Argument(..., help="Run directory of a sha
         from fairdiff.audit.results import load_run
         from fairdiff.audit.runner import CONFIG_NAME
         from fairdiff.audit.store import merge_stores
-        from fairdiff.audit.summary import export, summarize
+        from fairdiff.audit.summary import summarize
+        from fairdiff.report.export import export_run
 
         if not (run_dir / CONFIG_NAME).is_file():
             raise FairdiffError(f"{run_dir}: not an audit run dir (no {CONFIG_NAME})")
         rows = merge_stores(run_dir)
         summary = summarize(load_run(run_dir))
-        export(summary, run_dir)
+        export_run(summary, run_dir)
         print_headline(summary)
         console.print(f"merged {rows} images into {run_dir / 'store.sqlite'}")
 

@@ -10,8 +10,17 @@ To write both from one bootstrap: `runs = load_runs(dirs)`, then `render_report(
 
 from __future__ import annotations
 
-from fairdiff.report.export import export_runs, export_tables
+from fairdiff.report.export import export_run, export_runs, export_tables
 from fairdiff.report.render import render_report, write_report
 from fairdiff.report.runs import ReportRun, load_runs, summarized_run
 
-__all__ = ["ReportRun", "export_runs", "export_tables", "load_runs", "render_report", "summarized_run", "write_report"]
+__all__ = [
+    "ReportRun",
+    "export_run",
+    "export_runs",
+    "export_tables",
+    "load_runs",
+    "render_report",
+    "summarized_run",
+    "write_report",
+]

@@ -13,15 +13,16 @@ Each table of several runs is one file with a leading `run` column (the run's la
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from fairdiff.audit.summary import RunSummary
 from fairdiff.errors import FairdiffError
-from fairdiff.files import slug
+from fairdiff.files import slug, write_atomic, write_json_atomic
 from fairdiff.report.runs import ReportRun, load_runs
 
 logger = logging.getLogger(__name__)
@@ -48,31 +49,61 @@ def export_runs(runs: list[ReportRun], out_dir: str | Path) -> list[Path]:
             for what, df in s.tables().items():
                 add(f"metrics-{name_slug}-{what}", df, r)
             add(f"truth-{name_slug}", s.truth, r)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = []
-        for name, frames in tables.items():
-            df = pd.concat(frames, ignore_index=True)
-            for suffix, write in ((".csv", lambda d, p: d.to_csv(p, index=False)), (".parquet", _to_parquet)):
-                path = out_dir / f"{name}{suffix}"
-                write(df, path)
-                written.append(path)
-        path = out_dir / "metrics.json"
-        path.write_text(json.dumps({r.label: r.summary.to_dict() for r in runs}, indent=2, default=str) + "\n")
-        written.append(path)
-    except OSError as exc:
-        raise FairdiffError(f"--csv {out_dir}: cannot write the tables ({exc.strerror or exc})") from None
+    frames = {name: pd.concat(parts, ignore_index=True) for name, parts in tables.items()}
+    metrics_json = {r.label: r.summary.to_dict() for r in runs}
+    written = write_tables(frames, out_dir, ("csv", "parquet"), metrics_json=metrics_json, option="--csv")
     logger.info("%d tables written to %s", len(written), out_dir)
     return written
 
 
-def _to_parquet(df: pd.DataFrame, path: Path) -> None:
+def export_run(summary: RunSummary, out_dir: str | Path) -> list[Path]:
+    """A run dir's own tables: rows.{csv,parquet} (one row per image), metrics.json and metrics-<suite>-<table>.csv."""
+    out_dir = Path(out_dir)
+    written = write_tables({"rows": summary.results.rows}, out_dir, ("csv", "parquet"), metrics_json=summary.to_dict())
+    metrics = {
+        f"metrics-{name}-{what}": df
+        for name, s in summary.suites.items()
+        for what, df in s.tables().items()
+        if df is not None
+    }
+    return written + write_tables(metrics, out_dir, ("csv",))
+
+
+def write_tables(
+    tables: dict[str, pd.DataFrame],
+    out_dir: Path,
+    formats: Sequence[str],
+    metrics_json: dict | None = None,
+    option: str = "--out",
+) -> list[Path]:
+    """The one table writer: each frame as `<name>.<format>` (csv, parquet), plus `metrics.json` if given; each
+    file written atomically. Returns the files written; a write error is one FairdiffError naming `option`."""
+    writers = {"csv": lambda d: d.to_csv(index=False).encode(), "parquet": _parquet_bytes}
+    written = []
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, df in tables.items():
+            for fmt in formats:
+                path = out_dir / f"{name}.{fmt}"
+                write_atomic(path, writers[fmt](df))
+                written.append(path)
+        if metrics_json is not None:
+            write_json_atomic(out_dir / "metrics.json", metrics_json)
+            written.append(out_dir / "metrics.json")
+    except OSError as exc:
+        raise FairdiffError(f"{option} {out_dir}: cannot write the tables ({exc.strerror or exc})") from None
+    return written
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
     # object columns that mix text and missing values (max_group, field_*) are written as strings
     fixed = df.copy()
     for col in fixed.columns:
         if fixed[col].dtype == object:
             fixed[col] = fixed[col].map(lambda v: None if v is None or v != v else str(v))
-    fixed.to_parquet(path, index=False)
+    buf = io.BytesIO()
+    fixed.to_parquet(buf, index=False)
+    return buf.getvalue()
 
 
 def export_tables(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> list[Path]:

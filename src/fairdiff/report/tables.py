@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from fairdiff.metrics.quality import VALIDITY_CONFIDENCE
 from fairdiff.report.charts import number, with_ci
 from fairdiff.report.runs import ReportRun, accuracy_cell, detector_accuracy, outcome_attribute
 
@@ -84,7 +85,8 @@ def quality_table(runs: list[ReportRun]) -> Table:
         for arm, images, validity in r.summary.quality[["arm", "images", "validity"]].itertuples(index=False):
             table.rows.append([r.arm_label(arm), str(images), number(validity, 3)])
     table.notes = [
-        "validity: share of images on which every detector head is at least 0.9 confident (a well-formed portrait)."
+        f"validity: share of images on which every detector head is at least {VALIDITY_CONFIDENCE} confident "
+        "(a well-formed portrait)."
     ]
     table.notes += _accuracy_notes(runs, None)
     return table

@@ -19,6 +19,7 @@ import numpy as np
 
 from fairdiff.metrics import normalized_bias
 from fairdiff.metrics.bootstrap import wilson_ci
+from fairdiff.metrics.quality import VALIDITY_CONFIDENCE, valid_images
 from fairdiff.models.tiny import DEFAULT_GUIDANCE_SCALE
 from fairdiff.world.captions import describe, fill_template
 from fairdiff.world.config import WorldConfig
@@ -28,7 +29,6 @@ from fairdiff.world.schema import AGES, ATTRIBUTES, GENDERS, SKINS
 logger = logging.getLogger(__name__)
 
 TEMPLATE = "a photo of the face of a {subject}"
-CONFIDENCE = 0.9
 # RGB distance from every colour a render's face can have (renders: <= 1.2); faces halfway between dark and
 # brown or brown and medium are > 12 away, medium/light midpoints only ~6, so those go uncounted
 OFF_PALETTE = 12.0
@@ -104,7 +104,7 @@ class GateReport:
                 self.passed["fidelity"],
             ),
             (
-                "validity (confidence >= 0.9 on every head)",
+                f"validity (confidence >= {VALIDITY_CONFIDENCE} on every head)",
                 f"{self.validity:.3f} ({pct}% CI {self.validity_ci[0]:.3f}-{self.validity_ci[1]:.3f})",
                 f">= {c['validity_min']}",
                 self.passed["validity"],
@@ -147,7 +147,7 @@ def run_gates(
             images = sample(chunk, seeds, guidance)
             off.append(palette_distance(images) > OFF_PALETTE)
             probs = classify(images)
-            confident.append(np.all([p.max(1) >= CONFIDENCE for p in probs.values()], axis=0))
+            confident.append(valid_images(probs))
             for a in ATTRIBUTES:
                 out[a].append(probs[a])
             if on_images is not None:
