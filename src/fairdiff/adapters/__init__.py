@@ -1,5 +1,5 @@
 """LoRA engine: slotted layers (K adapters per layer), exact merge/restore, exact composition, per-sample
-adapters in one batch; PEFT, diffusers and kohya files. See docs/adapters.md and DESIGN.md (Adapters).
+adapters in one batch; PEFT, diffusers and kohya files. See docs/adapters.md.
 
 Names are imported on first use, so `fairdiff --help` does not import torch.
 The composition function is exported as `compose_adapters`: `fairdiff.adapters.compose` is its module (a

@@ -1,4 +1,4 @@
-"""Detectors: perceived attributes per image, as class probabilities (DESIGN.md, Data flow).
+"""Detectors: perceived attributes per image, as class probabilities (docs/detectors.md).
 
 Every detector maps uint8 images (N, H, W, 3) to {attribute: probabilities (N, K)} over its own classes, and
 says how accurate it is where that was measured, so every number built on it can carry that accuracy.

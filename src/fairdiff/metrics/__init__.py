@@ -1,4 +1,4 @@
-"""Bias metrics with bootstrap CIs (DESIGN.md, Metrics): formulas, MetricFrame and OutcomeFrame, CSV input.
+"""Bias metrics with bootstrap CIs (docs/metrics.md): formulas, MetricFrame and OutcomeFrame, CSV input.
 
 from fairdiff.metrics import MetricFrame
 frame = MetricFrame(data=rows, classes={"gender": ["man", "woman"]})

@@ -1,4 +1,4 @@
-"""Bias formulas over attribute shares (DESIGN.md, Metrics). p = shares of the K classes, q = the target mix.
+"""Bias formulas over attribute shares (docs/metrics.md). p = shares of the K classes, q = the target mix.
 
 Each public function checks its input and wraps a vectorized twin (`*_rows`) that works on the last axis of an
 array of shares, so one call scores every bootstrap draw: shares (..., K), target (K,) -> (...,).
