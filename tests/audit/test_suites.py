@@ -82,18 +82,38 @@ BASE = {
         ({"target": {"gender": {"man": 0.7, "woman": 0.2}}}, "target.gender: shares sum to 0.9, expected 1"),
         ({"target": {"skin": {"light": 1.0}}}, "target.skin: is not a measured attribute"),
         ({"measure": []}, "measure: a `kind: shares` suite needs"),
-        ({"images_per_prompt": 0}, "images_per_prompt: must be an integer >= 1"),
+        ({"images_per_prompt": 0}, "images_per_prompt: expected an integer from 1 to 10000, got 0"),
         ({"colour": "blue"}, "colour: unknown key"),
         ({"kind": "outcome", "outcome": "revealing", "groups": ["skin"]}, "groups: must name template fields"),
         # the name becomes folders of the run dir: a "/" or ".." would write images outside it
         ({"name": "team/occupations"}, "name: names folders of the run dir"),
         ({"name": "../../escaped"}, "name: names folders of the run dir"),
+        # strict types: what YAML reads as text is not a number, a list is not a string
+        ({"images_per_prompt": "3"}, "images_per_prompt: expected an integer from 1 to 10000, got '3'"),
+        ({"target": {"gender": {"man": "0.5", "woman": 0.5}}}, "target.gender.man: shares must be numbers >= 0"),
+        ({"templates": ["a {occupation}", {"text": ["a"]}]}, "templates[1].text: expected a string with a {field}"),
+        ({"values": {"occupation": [{"value": "doctor", "of": 3}]}}, "values.occupation[0].of: expected a string"),
+        ({"world": "yes"}, "world: expected true or false, got 'yes'"),
+        ({"kind": "outcome", "groups": ["occupation"]}, "outcome: a `kind: outcome` suite needs an outcome name"),
+        ({"intersections": [["gender"]]}, "intersections[0]: needs >= 2 measured attributes"),
+        (
+            {
+                "values": {"occupation": [f"o{i}" for i in range(200)], "x": [f"x{i}" for i in range(600)]},
+                "templates": ["{occupation} {x}"],
+            },
+            "values: the templates and values make 120000 prompts",
+        ),
     ],
 )
 def test_malformed_suite_names_the_problem(change, message):
     with pytest.raises(FairdiffError) as err:
         parse_suite({**BASE, **change}, "bad.yaml")
     assert str(err.value).startswith("suite bad.yaml: ") and message in str(err.value)
+
+
+def test_ints_are_shares_and_null_lists_are_empty():
+    suite = parse_suite({**BASE, "target": {"gender": {"man": 1, "woman": 0}}, "groups": None}, "ok.yaml")
+    assert suite.target == {"gender": {"man": 1.0, "woman": 0.0}} and suite.groups == []
 
 
 def test_user_suite_file_and_custom_target(tmp_path):

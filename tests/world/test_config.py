@@ -87,14 +87,25 @@ _DELETE = object()
         (("skews", 0, "context"), "selfie", r"skews\[0\].context: unknown context 'selfie'"),
         (("skews", 0, "revealing"), 1.5, r"probability must be in \[0, 1\]"),
         (("captions", "name_probability", "hat"), 0.5, r"unknown attribute\(s\) \['hat'\]"),
-        (("occupations",), _DELETE, r"occupations: expected a mapping"),
+        (("occupations",), _DELETE, r"occupations: missing key"),
         (("version",), 2, r"unsupported version 2"),
         # a misspelt key would leave its default in place without a word
-        (("contexts", "photo", "revealling"), 0.9, r"contexts.photo: unknown key\(s\) \['revealling'\]"),
-        (("skews", 0, "contxt"), "photo", r"skews\[0\]: unknown key\(s\) \['contxt'\]"),
-        (("captions", "nam_probability"), {}, r"captions: unknown key\(s\) \['nam_probability'\]"),
-        (("defaults", "skn"), {"light": 1.0}, r"defaults: unknown key\(s\) \['skn'\]"),
+        (
+            ("contexts", "photo", "revealling"),
+            0.9,
+            r"contexts.photo.revealling: unknown key \(allowed: occupation_in_caption, revealing, templates, wei",
+        ),
+        (("skews", 0, "contxt"), "photo", r"skews\[0\].contxt: unknown key"),
+        (("captions", "nam_probability"), {}, r"captions.nam_probability: unknown key"),
+        (("defaults", "skn"), {"light": 1.0}, r"defaults.skn: unknown key"),
         (("contexts", "photo", "weight"), float("inf"), r"contexts.photo.weight: expected a positive number"),
+        # strict types: YAML text is not a number, true is not 1
+        (("occupations", "doctor", "gender", "man"), "0.75", r"occupations.doctor.gender.man: expected a probability"),
+        (("version",), True, r"version: expected version 1, got true"),
+        (("contexts", "photo", "templates"), "a {subject}", r"contexts.photo.templates: expected a non-empty list"),
+        (("occupations", "doctor", "paraphrases"), ["physician", ""], r"paraphrases\[1\]: expected a word, got ''"),
+        (("skews", 0, "when", "hat"), "red", r"skews\[0\].when.hat: skews can condition on gender, skin and occ"),
+        (("skews", 0, "revealing"), _DELETE, r"skews\[0\].revealing: missing key, expected a probability"),
     ],
 )
 def test_bad_config_names_the_problem(raw, path, value, message):
@@ -113,6 +124,10 @@ def test_bad_files(tmp_path):
     latin1.write_bytes("version: 1 # caf\xe9\n".encode("latin-1"))
     with pytest.raises(FairdiffError, match="not a UTF-8 text file"):
         load_world_config(latin1)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"version: 1\x00\x01")
+    with pytest.raises(FairdiffError, match=r"binary.yaml: a binary file, not a YAML text file"):
+        load_world_config(binary)
     top = tmp_path / "list.yaml"
     top.write_text("- 1\n- 2\n")
     with pytest.raises(FairdiffError, match=r"<top>: expected a mapping"):

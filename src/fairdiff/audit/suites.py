@@ -22,16 +22,29 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import yaml
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, model_validator
 
-from fairdiff.audit.arms import SAFE_NAME
+from fairdiff.checks import MAX_IMAGES_PER_PROMPT
+from fairdiff.config import (
+    ConfigModel,
+    ConfigValueError,
+    Expected,
+    NonEmptyStr,
+    SafeName,
+    describe_value,
+    none_as,
+    parse_yaml,
+    read_config_text,
+    validate,
+)
 from fairdiff.errors import FairdiffError
 from fairdiff.files import slug
 
 BUILTIN_SUITES = ("occupations", "avatars", "paraphrases", "world-occupations", "world-avatars", "world-paraphrases")
 KINDS = ("shares", "outcome")
+MAX_PROMPTS = 100_000
 _FIELD = re.compile(r"\{(\w+)\}")
 
 
@@ -92,22 +105,105 @@ def _fix_articles(template: str, words: dict[str, str]) -> str:
     return out
 
 
-class _Checker:
-    def __init__(self, source: str) -> None:
-        self.source = source
+def _has_field(text: str) -> str:
+    if not _FIELD.search(text):
+        raise ConfigValueError(f"expected a string with a {{field}}, got {text!r}")
+    return text
 
-    def fail(self, path: str, message: str) -> FairdiffError:
-        return FairdiffError(f"suite {self.source}: {path}: {message}")
 
-    def mapping(self, value: Any, path: str) -> dict:
-        if not isinstance(value, dict):
-            raise self.fail(path, f"expected a mapping, got {type(value).__name__} {value!r}")
-        return value
+class TemplateModel(ConfigModel):
+    """A prompt template: text with `{field}`s, and the context it stands for (photo, avatar, ...)."""
 
-    def strings(self, value: Any, path: str) -> list[str]:
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.fail(path, f"expected a list of names, got {value!r}")
-        return list(value)
+    text: Annotated[str, Expected("a string with a {field}"), AfterValidator(_has_field)]
+    context: str = ""
+
+
+class ValueEntry(ConfigModel):
+    """One value of a template field; other keys (`of: doctor`) become fields of the prompts it makes."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, str] = Field(init=False)
+
+    value: NonEmptyStr
+    word: str | None = None  # how the prompt says it, if not `value`
+
+
+def _template_item(value: Any) -> Any:
+    return {"text": value} if isinstance(value, str) else value
+
+
+def _entry_item(value: Any) -> Any:
+    return {"value": value} if isinstance(value, str) and value else value
+
+
+Names = Annotated[list[NonEmptyStr], Expected("a list of names"), BeforeValidator(none_as([]))]
+Share = Annotated[float, Expected("shares must be numbers >= 0", phrase=True), Field(ge=0)]
+
+
+class SuiteFile(ConfigModel):
+    """A suite file, as written (see the module docstring and src/fairdiff/data/*.yaml)."""
+
+    name: SafeName
+    description: str = ""
+    kind: Literal["shares", "outcome"] = "shares"
+    world: Annotated[bool, Expected("true or false")] = False
+    images_per_prompt: Annotated[
+        int, Expected(f"an integer from 1 to {MAX_IMAGES_PER_PROMPT}"), Field(ge=1, le=MAX_IMAGES_PER_PROMPT)
+    ] = 20
+    templates: Annotated[
+        list[
+            Annotated[TemplateModel, Expected("a template string or {text, context}"), BeforeValidator(_template_item)]
+        ],
+        Expected("a non-empty list of {text, context}"),
+        Field(min_length=1),
+    ]
+    values: dict[
+        str,
+        Annotated[
+            list[Annotated[ValueEntry, Expected("a name or {value, ...}"), BeforeValidator(_entry_item)]],
+            Expected("a non-empty list"),
+            Field(min_length=1),
+        ],
+    ]
+    measure: Names = []
+    groups: Names = []
+    outcome: str | None = None
+    intersections: Annotated[list[Names], BeforeValidator(none_as([]))] = []
+    target: Annotated[dict[str, dict[str, Share]], BeforeValidator(none_as({}))] = {}
+
+    @property
+    def fields_used(self) -> set[str]:
+        return {f for t in self.templates for f in _FIELD.findall(t.text)}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SuiteFile:
+        used = self.fields_used
+        missing = sorted(used - set(self.values))
+        if missing:
+            raise ConfigValueError(f"no values for template field {missing[0]!r}", "values")
+        if self.kind == "shares" and not self.measure:
+            raise ConfigValueError("a `kind: shares` suite needs the attributes to measure", "measure")
+        if self.kind == "outcome":
+            if not self.outcome:
+                got = describe_value(self.outcome)
+                raise ConfigValueError(f"a `kind: outcome` suite needs an outcome name, got {got}", "outcome")
+            if not self.groups or any(g not in used for g in self.groups):
+                raise ConfigValueError(
+                    f"must name template fields ({', '.join(sorted(used))}), got {self.groups!r}", "groups"
+                )
+        for i, names in enumerate(self.intersections):
+            if len(names) < 2 or any(a not in self.measure for a in names):
+                raise ConfigValueError(f"needs >= 2 measured attributes, got {names!r}", "intersections", i)
+        for attr, mix in self.target.items():
+            if attr not in self.measure:
+                raise ConfigValueError(f"is not a measured attribute ({', '.join(self.measure)})", "target", attr)
+            total = math.fsum(mix.values())
+            if abs(total - 1.0) > 1e-6:
+                raise ConfigValueError(f"shares sum to {total:g}, expected 1", "target", attr)
+        n = sum(math.prod(len(self.values[f]) for f in set(_FIELD.findall(t.text))) for t in self.templates)
+        if n > MAX_PROMPTS:
+            raise ConfigValueError(f"the templates and values make {n} prompts, more than {MAX_PROMPTS}", "values")
+        return self
 
 
 def _world_words() -> dict[str, dict[str, str]]:
@@ -118,103 +214,17 @@ def _world_words() -> dict[str, dict[str, str]]:
 
 def parse_suite(data: Any, source: str = "<dict>", world_config=None) -> Suite:
     """Validate a suite mapping and expand its prompts. `world_config` supplies truth for `world: true` suites."""
-    c = _Checker(source)
-    data = c.mapping(data, "<top>")
-    known = {
-        "name",
-        "description",
-        "kind",
-        "templates",
-        "measure",
-        "target",
-        "intersections",
-        "outcome",
-        "groups",
-        "images_per_prompt",
-        "values",
-        "world",
+    model = validate(SuiteFile, data, "suite", source)
+    kind, world, measure = model.kind, model.world, list(model.measure)
+    intersections = [tuple(names) for names in model.intersections]
+    target = {attr: {k: float(v) for k, v in mix.items()} for attr, mix in model.target.items()}
+    tpls = [(t.text, t.context) for t in model.templates]
+    fields_used = model.fields_used
+    options = {
+        key: [{"value": e.value, **({"word": e.word} if e.word else {}), **(e.model_extra or {})} for e in entries]
+        for key, entries in model.values.items()
+        if key in fields_used
     }
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise c.fail(unknown[0], f"unknown key (allowed: {', '.join(sorted(known))})")
-    name = data.get("name")
-    if not isinstance(name, str) or not name:
-        raise c.fail("name", f"expected a non-empty string, got {name!r}")
-    if not SAFE_NAME.match(name):
-        raise c.fail("name", f"names folders of the run dir: letters, digits and _ . + - only, got {name!r}")
-    kind = data.get("kind", "shares")
-    if kind not in KINDS:
-        raise c.fail("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
-    world = data.get("world", False)
-    if not isinstance(world, bool):
-        raise c.fail("world", f"must be true or false, got {world!r}")
-    n = data.get("images_per_prompt", 20)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise c.fail("images_per_prompt", f"must be an integer >= 1, got {n!r}")
-
-    templates = data.get("templates")
-    if not isinstance(templates, list) or not templates:
-        raise c.fail("templates", "expected a non-empty list of {text, context}")
-    tpls: list[tuple[str, str]] = []
-    for i, t in enumerate(templates):
-        t = {"text": t} if isinstance(t, str) else c.mapping(t, f"templates[{i}]")
-        text = t.get("text")
-        if not isinstance(text, str) or not _FIELD.search(text):
-            raise c.fail(f"templates[{i}].text", f"expected a string with a {{field}}, got {text!r}")
-        tpls.append((text, str(t.get("context", ""))))
-
-    values = c.mapping(data.get("values"), "values")
-    fields_used = {f for text, _ in tpls for f in _FIELD.findall(text)}
-    missing = sorted(fields_used - set(values))
-    if missing:
-        raise c.fail("values", f"no values for template field {missing[0]!r}")
-    options: dict[str, list[dict[str, str]]] = {}
-    for key in sorted(fields_used):
-        raw = values[key]
-        if not isinstance(raw, list) or not raw:
-            raise c.fail(f"values.{key}", f"expected a non-empty list, got {raw!r}")
-        entries = []
-        for j, v in enumerate(raw):
-            if isinstance(v, str) and v:
-                entries.append({"value": v})
-            elif isinstance(v, dict) and isinstance(v.get("value"), str) and v["value"]:
-                entries.append({k: str(x) for k, x in v.items()})
-            else:
-                raise c.fail(f"values.{key}[{j}]", f"expected a name or {{value, ...}}, got {v!r}")
-        options[key] = entries
-
-    measure = c.strings(data.get("measure", []), "measure")
-    groups = c.strings(data.get("groups", []), "groups")
-    outcome = data.get("outcome")
-    if kind == "shares" and not measure:
-        raise c.fail("measure", "a `kind: shares` suite needs the attributes to measure")
-    if kind == "outcome":
-        if not isinstance(outcome, str) or not outcome:
-            raise c.fail("outcome", f"a `kind: outcome` suite needs an outcome name, got {outcome!r}")
-        if not groups or any(g not in fields_used for g in groups):
-            raise c.fail("groups", f"must name template fields ({', '.join(sorted(fields_used))}), got {groups!r}")
-    intersections = []
-    for i, t in enumerate(data.get("intersections", []) or []):
-        names = c.strings(t, f"intersections[{i}]")
-        if len(names) < 2 or any(a not in measure for a in names):
-            raise c.fail(f"intersections[{i}]", f"needs >= 2 measured attributes, got {names!r}")
-        intersections.append(tuple(names))
-    target = {}
-    for attr, mix in c.mapping(data.get("target", {}) or {}, "target").items():
-        mix = c.mapping(mix, f"target.{attr}")
-        if attr not in measure:
-            raise c.fail(f"target.{attr}", f"is not a measured attribute ({', '.join(measure)})")
-        bad = [
-            v
-            for v in mix.values()
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0
-        ]
-        if bad:
-            raise c.fail(f"target.{attr}", f"shares must be numbers >= 0, got {bad[0]!r}")
-        total = sum(mix.values())
-        if abs(total - 1.0) > 1e-6:
-            raise c.fail(f"target.{attr}", f"shares sum to {total:g}, expected 1")
-        target[attr] = {str(k): float(v) for k, v in mix.items()}
 
     words = _world_words() if world else {}
     prompts: list[SuitePrompt] = []
@@ -233,28 +243,34 @@ def parse_suite(data: Any, source: str = "<dict>", world_config=None) -> Suite:
                 f"-t{ti}" if len(tpls) > 1 else ""
             )
             if pid in seen:
-                raise c.fail("values", f"two prompts get the same id {pid!r}")
+                raise FairdiffError(f"suite {source}: values: two prompts get the same id {pid!r}")
             seen.add(pid)
-            truth = _world_truth(world_config, kind, fields, context, measure, intersections) if world else None
+            truth = _world_truth(world_config, kind, fields, context, measure, intersections, source) if world else None
             prompts.append(SuitePrompt(pid, prompt_text, fields, context, truth))
     return Suite(
-        name=name,
+        name=model.name,
         kind=kind,
         prompts=prompts,
         measure=measure,
         target=target,
         intersections=intersections,
-        outcome=outcome,
-        groups=groups,
-        images_per_prompt=n,
+        outcome=model.outcome,
+        groups=list(model.groups),
+        images_per_prompt=model.images_per_prompt,
         world=world,
-        description=str(data.get("description", "")),
+        description=model.description,
         source=source,
     )
 
 
 def _world_truth(
-    world_config, kind: str, fields: dict[str, str], context: str, measure: list[str], intersections=()
+    world_config,
+    kind: str,
+    fields: dict[str, str],
+    context: str,
+    measure: list[str],
+    intersections=(),
+    source: str = "<dict>",
 ) -> dict:
     """The world's true shares behind a prompt: P(attribute | occupation, context), or P(revealing | group).
     The world draws gender, skin and age independently given the occupation, so an intersection's truth is
@@ -264,14 +280,14 @@ def _world_truth(
     world_config = world_config or load_world_config()
     if kind == "outcome":
         if context not in world_config.contexts:
-            raise FairdiffError(f"world suite: context {context!r} is not in the world config")
-        p = _revealing_given(world_config, context, fields)
+            raise FairdiffError(f"suite {source}: templates: context {context!r} is not in the world config")
+        p = _revealing_given(world_config, context, fields, source)
         return {"attire": {"covered": 1.0 - p, "revealing": p}}
     occupation = fields.get("of", fields.get("occupation"))
     if occupation not in world_config.occupations:
-        raise FairdiffError(f"world suite: occupation {occupation!r} is not in the world config")
+        raise FairdiffError(f"suite {source}: values: occupation {occupation!r} is not in the world config")
     if context not in world_config.contexts:
-        raise FairdiffError(f"world suite: context {context!r} is not in the world config")
+        raise FairdiffError(f"suite {source}: templates: context {context!r} is not in the world config")
     shares = world_config.expected_shares(occupation, context)
     truth = {a: shares[a] for a in measure if a in shares}
     for parts in intersections:
@@ -283,7 +299,7 @@ def _world_truth(
     return truth
 
 
-def _revealing_given(world_config, context: str, fields: dict[str, str]) -> float:
+def _revealing_given(world_config, context: str, fields: dict[str, str], source: str = "<dict>") -> float:
     """P(revealing | context, the attributes the prompt names): the world's P(revealing | context, gender, skin,
     occupation) averaged over what the prompt leaves open, weighted as the world draws it (occupation uniform,
     then gender and skin given the occupation)."""
@@ -300,7 +316,7 @@ def _revealing_given(world_config, context: str, fields: dict[str, str]) -> floa
                 total += w * world_config.p_revealing(context, attrs)
                 weight += w
     if weight == 0:
-        raise FairdiffError(f"world suite: no portrait in the world matches {fields}")
+        raise FairdiffError(f"suite {source}: no portrait in the world matches {fields}")
     return total / weight
 
 
@@ -309,14 +325,11 @@ def load_suite(name_or_path: str | Path, world_config=None) -> Suite:
     text = str(name_or_path)
     if text in BUILTIN_SUITES:
         source = f"{text} (built-in)"
-        raw = resources.files("fairdiff.data").joinpath(f"{text}.yaml").read_text()
+        raw = resources.files("fairdiff.data").joinpath(f"{text}.yaml").read_text(encoding="utf-8")
     else:
         path = Path(text)
-        if not path.is_file():
+        if not path.exists():
             raise FairdiffError(f"suite {text!r}: not a built-in suite ({', '.join(BUILTIN_SUITES)}) nor a file")
-        source, raw = str(path), path.read_text()
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise FairdiffError(f"suite {source}: not valid YAML ({exc})") from None
-    return parse_suite(data, source, world_config)
+        source = str(path)
+        raw = read_config_text(path, "suite", source)
+    return parse_suite(parse_yaml(raw, "suite", source), source, world_config)

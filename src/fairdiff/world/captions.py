@@ -74,8 +74,12 @@ def fill_template(template: str, subject: str) -> str:
 
 
 def _choice(rng: np.random.Generator, dist: dict[str, float]) -> str:
+    """One value drawn from `dist`. A config may sum to 1 within 1e-6 (0.3333333 + 0.6666666), further off than
+    numpy's sampler allows, so the probabilities are divided by their sum: a no-op (bit for bit) where they sum
+    to exactly 1.0, as every distribution of the default world does."""
     values = list(dist)
-    return values[int(rng.choice(len(values), p=np.array([dist[v] for v in values])))]
+    p = np.array([dist[v] for v in values], dtype=np.float64)
+    return values[int(rng.choice(len(values), p=p / p.sum()))]
 
 
 def sample_world(config: WorldConfig, n: int, seed: int) -> list[WorldSample]:

@@ -1,23 +1,25 @@
 """World configs: P(attributes | occupation, context), caption templates and injected skews, from YAML.
 
-`load_world_config` validates everything up front and raises one `FairdiffError` that names the file, the
-key path and the bad value, e.g. ``world.yaml: occupations.doctor.gender: probabilities sum to 0.9, expected 1``.
+The file is a `WorldFile` (pydantic, see `fairdiff.config`): unknown keys refused, strict types, every
+probability in [0, 1] and every distribution summing to 1 within 1e-6. `load_world_config` raises one
+`FairdiffError` line that names the file, the key path and the bad value, e.g.
+``world config world.yaml: occupations.doctor.gender: probabilities sum to 0.9, expected 1``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
-from fairdiff.errors import FairdiffError
+from fairdiff.config import ConfigModel, ConfigValueError, Expected, none_as, parse_yaml, read_config_text, validate
 from fairdiff.world.schema import ATTRIBUTES, DEMOGRAPHIC_ATTRIBUTES, OCCUPATIONS
 
 DEFAULT_WORLD = Path(__file__).with_name("default_world.yaml")
 _NAMEABLE = ("gender", "skin", "age", "attire")
+_CONDITIONS = ("gender", "skin", "occupation")
 
 
 @dataclass(frozen=True)
@@ -79,157 +81,179 @@ class WorldConfig:
         return shares
 
 
-class _Checker:
-    """Collects the key path while walking the YAML so every error names where it is."""
+# ------------------------------------------------------------------------------------- the file's model
 
-    def __init__(self, source: str) -> None:
-        self.source = source
 
-    def fail(self, path: str, message: str) -> FairdiffError:
-        return FairdiffError(f"world config {self.source}: {path}: {message}")
+def _probability(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigValueError(f"probability must be in [0, 1], got {value:g}")
+    return float(value)
 
-    def mapping(self, value: Any, path: str) -> dict:
-        if not isinstance(value, dict):
-            raise self.fail(path, f"expected a mapping, got {type(value).__name__} {value!r}")
-        return value
 
-    def prob(self, value: Any, path: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise self.fail(path, f"expected a probability, got {value!r}")
-        if not 0.0 <= value <= 1.0:
-            raise self.fail(path, f"probability must be in [0, 1], got {value}")
-        return float(value)
+Probability = Annotated[float, Expected("a probability"), AfterValidator(_probability)]
 
-    def keys(self, spec: dict, allowed: set[str], path: str) -> None:
-        """A misspelt key would otherwise leave its default in place without a word."""
-        extra = sorted(set(spec) - allowed)
-        if extra:
-            raise self.fail(path, f"unknown key(s) {extra}; allowed: {sorted(allowed)}")
 
-    def distribution(self, value: Any, attribute: str, path: str) -> dict[str, float]:
-        dist = self.mapping(value, path)
-        allowed = ATTRIBUTES[attribute]
+def _word(value: str) -> str:
+    if not value.strip():
+        raise ConfigValueError(f"expected a word, got {value!r}")
+    return value
+
+
+def _template(value: str) -> str:
+    if value.count("{subject}") != 1:
+        raise ConfigValueError(f"must contain `{{subject}}` exactly once, got {value!r}")
+    return value
+
+
+Template = Annotated[str, Expected("a template with `{subject}`"), AfterValidator(_template)]
+
+
+def _distribution(attribute: str):
+    """{value: probability} over one attribute's values: unknown values refused, missing ones 0, sum 1."""
+    allowed = ATTRIBUTES[attribute]
+
+    def check(dist: dict[str, float]) -> dict[str, float]:
         unknown = sorted(set(dist) - set(allowed))
         if unknown:
-            raise self.fail(path, f"unknown {attribute} value(s) {unknown}; allowed: {list(allowed)}")
-        probs = {v: self.prob(dist.get(v, 0.0), f"{path}.{v}") for v in allowed}
+            raise ConfigValueError(f"unknown {attribute} value(s) {unknown}; allowed: {list(allowed)}")
+        probs = {v: float(dist.get(v, 0.0)) for v in allowed}
         total = sum(probs.values())
         if abs(total - 1.0) > 1e-6:
-            raise self.fail(path, f"probabilities sum to {total:.6g}, expected 1")
+            raise ConfigValueError(f"probabilities sum to {total:.6g}, expected 1")
         return probs
+
+    return Annotated[dict[str, Probability], AfterValidator(check)]
+
+
+GenderDist, SkinDist, AgeDist = (_distribution(a) for a in DEMOGRAPHIC_ATTRIBUTES)
+
+
+class _Demographics(ConfigModel):
+    gender: GenderDist | None = None
+    skin: SkinDist | None = None
+    age: AgeDist | None = None
+
+
+class OccupationModel(_Demographics):
+    """One occupation: P(gender), P(skin), P(age) (each defaults to `defaults`), paraphrases, the finding."""
+
+    paraphrases: list[Annotated[str, Expected("a word"), AfterValidator(_word)]] = []
+    finding: str = ""
+
+
+class ContextModel(ConfigModel):
+    weight: Annotated[float, Expected("a positive number"), Field(gt=0)]
+    templates: Annotated[list[Template], Field(min_length=1), Expected("a non-empty list of templates")]
+    occupation_in_caption: Probability = 1.0
+    revealing: Probability = 0.0
+
+
+class SkewModel(ConfigModel):
+    name: str | None = None
+    context: str
+    when: Annotated[dict[str, str], BeforeValidator(none_as({}))] = {}
+    revealing: Probability
+    finding: str = ""
+
+    @field_validator("when")
+    @classmethod
+    def _known_values(cls, when: dict[str, str]) -> dict[str, str]:
+        for k, v in when.items():
+            if k not in _CONDITIONS:
+                raise ConfigValueError("skews can condition on gender, skin and occupation only", k)
+            if v not in ATTRIBUTES[k]:
+                raise ConfigValueError(f"unknown {k} value {v!r}; allowed: {list(ATTRIBUTES[k])}", k)
+        return when
+
+
+class CaptionsModel(ConfigModel):
+    name_probability: Annotated[dict[str, Probability], BeforeValidator(none_as({}))] = {}
+
+    @field_validator("name_probability")
+    @classmethod
+    def _nameable(cls, probs: dict[str, float]) -> dict[str, float]:
+        bad = sorted(set(probs) - set(_NAMEABLE))
+        if bad:
+            raise ConfigValueError(f"unknown attribute(s) {bad}; allowed: {list(_NAMEABLE)}")
+        return probs
+
+
+class WorldFile(ConfigModel):
+    """A world config file, as written (see default_world.yaml)."""
+
+    version: Annotated[int, Expected("version 1")] = 1
+    defaults: Annotated[_Demographics, BeforeValidator(none_as({}))] = _Demographics()
+    occupations: dict[str, Annotated[OccupationModel, BeforeValidator(none_as({}))]]
+    contexts: dict[str, ContextModel]
+    skews: Annotated[list[SkewModel], BeforeValidator(none_as([]))] = []
+    captions: Annotated[CaptionsModel, BeforeValidator(none_as({}))] = CaptionsModel()
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, version: int) -> int:
+        if version != 1:
+            raise ConfigValueError(f"unsupported version {version!r}, expected 1")
+        return version
+
+    @field_validator("occupations")
+    @classmethod
+    def _occupations(cls, occupations: dict[str, OccupationModel]) -> dict[str, OccupationModel]:
+        if not occupations:
+            raise ConfigValueError("at least one occupation is required")
+        for name in occupations:
+            if name not in OCCUPATIONS:
+                raise ConfigValueError(f"unknown occupation {name!r}; the renderer draws: {list(OCCUPATIONS)}", name)
+        return occupations
+
+    @field_validator("contexts")
+    @classmethod
+    def _contexts(cls, contexts: dict[str, ContextModel]) -> dict[str, ContextModel]:
+        if not contexts:
+            raise ConfigValueError("at least one context is required")
+        return contexts
+
+    @model_validator(mode="after")
+    def _skew_contexts(self) -> WorldFile:
+        for i, skew in enumerate(self.skews):
+            if skew.context not in self.contexts:
+                raise ConfigValueError(
+                    f"unknown context {skew.context!r}; defined: {list(self.contexts)}", "skews", i, "context"
+                )
+        return self
 
 
 def parse_world_config(data: Any, source: str = "<dict>") -> WorldConfig:
     """Validate a parsed YAML document and build a `WorldConfig`."""
-    c = _Checker(source)
-    data = c.mapping(data, "<top>")
-    c.keys(data, {"version", "defaults", "occupations", "contexts", "skews", "captions"}, "<top>")
-    if data.get("version", 1) != 1:
-        raise c.fail("version", f"unsupported version {data.get('version')!r}, expected 1")
-
-    defaults_raw = c.mapping(data.get("defaults", {}), "defaults")
-    c.keys(defaults_raw, set(DEMOGRAPHIC_ATTRIBUTES), "defaults")
-    defaults = {}
-    for attr in DEMOGRAPHIC_ATTRIBUTES:
-        uniform = {v: 1.0 / len(ATTRIBUTES[attr]) for v in ATTRIBUTES[attr]}
-        defaults[attr] = (
-            c.distribution(defaults_raw[attr], attr, f"defaults.{attr}") if attr in defaults_raw else uniform
+    model = validate(WorldFile, data, "world config", source)
+    defaults = {
+        a: getattr(model.defaults, a) or {v: 1.0 / len(ATTRIBUTES[a]) for v in ATTRIBUTES[a]}
+        for a in DEMOGRAPHIC_ATTRIBUTES
+    }
+    occupations = {
+        name: OccupationSpec(
+            name,
+            {a: getattr(spec, a) or defaults[a] for a in DEMOGRAPHIC_ATTRIBUTES},
+            tuple(spec.paraphrases),
+            spec.finding,
         )
-
-    occ_raw = c.mapping(data.get("occupations"), "occupations")
-    if not occ_raw:
-        raise c.fail("occupations", "at least one occupation is required")
-    occupations = {}
-    for name, spec in occ_raw.items():
-        path = f"occupations.{name}"
-        if name not in OCCUPATIONS:
-            raise c.fail(path, f"unknown occupation {name!r}; the renderer draws: {list(OCCUPATIONS)}")
-        spec = c.mapping(spec or {}, path)
-        c.keys(spec, {*DEMOGRAPHIC_ATTRIBUTES, "paraphrases", "finding"}, path)
-        probs = {
-            a: c.distribution(spec[a], a, f"{path}.{a}") if a in spec else defaults[a] for a in DEMOGRAPHIC_ATTRIBUTES
-        }
-        paraphrases = spec.get("paraphrases", [])
-        if not isinstance(paraphrases, list) or not all(isinstance(p, str) and p.strip() for p in paraphrases):
-            raise c.fail(f"{path}.paraphrases", f"expected a list of words, got {paraphrases!r}")
-        occupations[name] = OccupationSpec(name, probs, tuple(paraphrases), str(spec.get("finding", "")))
-
-    ctx_raw = c.mapping(data.get("contexts"), "contexts")
-    if not ctx_raw:
-        raise c.fail("contexts", "at least one context is required")
-    contexts = {}
-    for name, spec in ctx_raw.items():
-        path = f"contexts.{name}"
-        spec = c.mapping(spec, path)
-        c.keys(spec, {"weight", "templates", "occupation_in_caption", "revealing"}, path)
-        for key in ("weight", "templates"):
-            if key not in spec:
-                raise c.fail(path, f"missing key `{key}`")
-        weight = spec["weight"]
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < math.inf:
-            raise c.fail(f"{path}.weight", f"expected a positive number, got {weight!r}")
-        templates = spec["templates"]
-        if not isinstance(templates, list) or not templates:
-            raise c.fail(f"{path}.templates", f"expected a non-empty list, got {templates!r}")
-        for i, t in enumerate(templates):
-            if not isinstance(t, str) or t.count("{subject}") != 1:
-                raise c.fail(f"{path}.templates[{i}]", f"must contain `{{subject}}` exactly once, got {t!r}")
-        contexts[name] = ContextSpec(
-            name=name,
-            weight=float(weight),
-            templates=tuple(templates),
-            occupation_in_caption=c.prob(spec.get("occupation_in_caption", 1.0), f"{path}.occupation_in_caption"),
-            revealing=c.prob(spec.get("revealing", 0.0), f"{path}.revealing"),
-        )
-
-    skews = []
-    skews_raw = data.get("skews", []) or []
-    if not isinstance(skews_raw, list):
-        raise c.fail("skews", f"expected a list, got {type(skews_raw).__name__}")
-    for i, spec in enumerate(skews_raw):
-        path = f"skews[{i}]"
-        spec = c.mapping(spec, path)
-        c.keys(spec, {"name", "context", "when", "revealing", "finding"}, path)
-        context = spec.get("context")
-        if context not in contexts:
-            raise c.fail(f"{path}.context", f"unknown context {context!r}; defined: {list(contexts)}")
-        when = c.mapping(spec.get("when", {}), f"{path}.when")
-        for k, v in when.items():
-            if k not in ("gender", "skin", "occupation"):
-                raise c.fail(f"{path}.when.{k}", "skews can condition on gender, skin and occupation only")
-            if v not in ATTRIBUTES[k]:
-                raise c.fail(f"{path}.when.{k}", f"unknown {k} value {v!r}; allowed: {list(ATTRIBUTES[k])}")
-        if "revealing" not in spec:
-            raise c.fail(path, "missing key `revealing`")
-        skews.append(
-            AttireSkew(
-                name=str(spec.get("name", f"skew-{i}")),
-                context=context,
-                when=dict(when),
-                revealing=c.prob(spec["revealing"], f"{path}.revealing"),
-                finding=str(spec.get("finding", "")),
-            )
-        )
-
-    captions = c.mapping(data.get("captions", {}) or {}, "captions")
-    c.keys(captions, {"name_probability"}, "captions")
-    names_raw = c.mapping(captions.get("name_probability", {}) or {}, "captions.name_probability")
-    bad = sorted(set(names_raw) - set(_NAMEABLE))
-    if bad:
-        raise c.fail("captions.name_probability", f"unknown attribute(s) {bad}; allowed: {list(_NAMEABLE)}")
-    name_probability = {a: c.prob(names_raw.get(a, 0.5), f"captions.name_probability.{a}") for a in _NAMEABLE}
-    return WorldConfig(occupations, contexts, tuple(skews), name_probability, source=source, raw=data)
+        for name, spec in model.occupations.items()
+    }
+    contexts = {
+        name: ContextSpec(name, float(c.weight), tuple(c.templates), c.occupation_in_caption, c.revealing)
+        for name, c in model.contexts.items()
+    }
+    skews = tuple(
+        AttireSkew(s.name if s.name is not None else f"skew-{i}", s.context, dict(s.when), s.revealing, s.finding)
+        for i, s in enumerate(model.skews)
+    )
+    names = model.captions.name_probability
+    name_probability = {a: names.get(a, 0.5) for a in _NAMEABLE}
+    return WorldConfig(occupations, contexts, skews, name_probability, source=source, raw=data)
 
 
 def load_world_config(path: str | Path | None = None) -> WorldConfig:
     """Load and validate a world config; `None` loads the bundled default world."""
     path = Path(path) if path is not None else DEFAULT_WORLD
-    if not path.is_file():
-        raise FairdiffError(f"world config {path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise FairdiffError(f"world config {path}: not valid YAML: {exc}") from None
-    except UnicodeDecodeError:
-        raise FairdiffError(f"world config {path}: not a UTF-8 text file") from None
-    return parse_world_config(data, source=str(path if path != DEFAULT_WORLD else "<default>"))
+    source = str(path if path != DEFAULT_WORLD else "<default>")
+    data = parse_yaml(read_config_text(path, "world config", source), "world config", source)
+    return parse_world_config(data, source=source)
