@@ -1,6 +1,6 @@
 """Benchmark: audit overhead against bare generation of the same images (target: <= 5%).
 
-In one run, on the same loaded model, alternating repeats: (a) bare generation — `run_pipeline` over the
+In one run, on the same loaded model, alternating repeats: (a) bare generation — `draw` over the
 audit's exact batches (prompts, negatives, seeds), images discarded; (b) the audit — the same batches plus
 detection, PNG encoding, atomic writes and the SQLite store, into a fresh run dir. Overhead = b / a - 1,
 from the median of the repeats. Writes bench/results/audit_overhead.md with the machine and the command.
@@ -23,7 +23,7 @@ from fairdiff.audit.runner import AuditConfig, build_plan, run_audit, shard_batc
 from fairdiff.audit.suites import load_suite
 from fairdiff.detect import build_detector
 from fairdiff.models.loading import load_pipeline
-from fairdiff.models.sampling import run_pipeline
+from fairdiff.models.sampling import SamplingRequest, draw
 from fairdiff.provenance import library_versions, machine_line
 
 
@@ -53,9 +53,7 @@ def main() -> None:
 
     def bare() -> None:
         for batch in batches:
-            run_pipeline(
-                loaded, [j.prompt for j in batch], [j.negative for j in batch], [j.seed for j in batch], cfg.steps, None
-            )
+            draw(loaded, SamplingRequest([j.options(cfg.guidance) for j in batch], steps=cfg.steps))
 
     def audit() -> None:
         out = Path(tempfile.mkdtemp(prefix="fairdiff-bench-"))
@@ -86,7 +84,7 @@ def main() -> None:
         "",
         "| | seconds | images/s |",
         "|---|---:|---:|",
-        f"| bare generation (`run_pipeline`, same batches) | {med['bare']:.2f} | {n_images / med['bare']:.1f} |",
+        f"| bare generation (`draw`, same batches) | {med['bare']:.2f} | {n_images / med['bare']:.1f} |",
         f"| audit (generation + detector + PNG + SQLite) | {med['audit']:.2f} | {n_images / med['audit']:.1f} |",
         "",
         f"**Audit overhead: {overhead:+.1%}** (target <= +5%). All repeats (s): bare "

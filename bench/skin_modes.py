@@ -29,7 +29,7 @@ from diffusers import (
 
 import fairdiff.world.render as render
 from fairdiff.models.loading import load_pipeline
-from fairdiff.models.sampling import run_pipeline
+from fairdiff.models.sampling import ImageOptions, SamplingRequest, draw
 from fairdiff.models.tiny import TINY_SCHEDULER_CONFIG
 from fairdiff.world.classifier import load_classifier, predict_probs
 from fairdiff.world.config import load_world_config
@@ -56,7 +56,10 @@ def samplers(model: str, n: int, specs: list[str]) -> None:
             prompt = f"a photo of the face of a {occ}"
             images = np.concatenate(
                 [
-                    run_pipeline(loaded, [prompt] * 100, [""] * 100, list(range(s, s + 100)), int(steps), 1.0)
+                    draw(
+                        loaded,
+                        SamplingRequest([ImageOptions(prompt, "", i, 1.0) for i in range(s, s + 100)], int(steps)),
+                    )
                     for s in range(0, n, 100)
                 ]
             )

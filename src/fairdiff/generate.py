@@ -22,7 +22,7 @@ from fairdiff.files import ensure_writable_dir, write_json_atomic
 from fairdiff.images import grid
 from fairdiff.models.loading import LoadedModel
 from fairdiff.models.prompts import split_negative_terms
-from fairdiff.models.sampling import effective_guidance, run_pipeline
+from fairdiff.models.sampling import ImageOptions, SamplingRequest, draw, effective_guidance
 from fairdiff.provenance import library_versions, machine
 
 logger = logging.getLogger(__name__)
@@ -102,16 +102,13 @@ def generate(
         handle, adapter_records = attach_config_adapters(loaded, cfg)
         for start in range(0, cfg.n, cfg.batch_size):
             batch = seeds[start : start + cfg.batch_size]
-            pixels = run_pipeline(
-                loaded,
-                [positive] * len(batch),
-                [negative] * len(batch),
-                batch,
-                cfg.steps,
-                cfg.guidance,
-                cfg.height,
-                cfg.width,
+            request = SamplingRequest(
+                [ImageOptions(positive, negative, seed, cfg.guidance) for seed in batch],
+                steps=cfg.steps,
+                height=cfg.height,
+                width=cfg.width,
             )
+            pixels = draw(loaded, request)
             for seed, img in zip(batch, pixels, strict=True):
                 name = f"{seed:06d}.png"
                 Image.fromarray(img).save(out / name)

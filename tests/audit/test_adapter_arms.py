@@ -49,10 +49,8 @@ def test_adapter_arms_run_in_one_batch_and_equal_each_adapter_alone(tmp_path, ti
     ]
     cfg = dict(suites=["world-occupations"], images_per_prompt=2, max_prompts=2, steps=2, batch_size=12)
     calls = []
-    real = fairdiff.models.sampling.run_pipeline
-    monkeypatch.setattr(
-        fairdiff.models.sampling, "run_pipeline", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k)
-    )
+    real = fairdiff.models.sampling.draw
+    monkeypatch.setattr(fairdiff.models.sampling, "draw", lambda lo, r: calls.append(len(r.images)) or real(lo, r))
     run_audit(AuditConfig(arms=arms, **cfg), tmp_path / "together", loaded=loaded, detector=detector)
     assert calls == [12]  # base + two adapter arms x 2 prompts x 2 seeds: one forward per step, not three
     assert not any(isinstance(m, LoRASlots) for m in loaded.pipeline.unet.modules())  # the pipeline is restored

@@ -271,3 +271,126 @@ def test_resume_fingerprint_is_about_contents_not_paths(tmp_path, monkeypatch):
     assert fingerprint("mine.yaml", "x.st", weight="0.7") not in same
     suite.write_text("name: mine\ntemplates: ['a {x}']\nmeasure: [gender]\nvalues: {x: [chef]}\n")
     assert fingerprint("mine.yaml", "x.st") not in same
+
+
+def test_batch_size_is_part_of_the_resume_fingerprint(tmp_path, tiny, monkeypatch):
+    """Ranks with different batch sizes cut the plan into different batches, so rank r's every-WORLD_SIZE-th
+    batch overlaps another rank's: the same job drawn twice and others by no one. And a batch's shape can change
+    CPU/GPU kernels, hence bytes. So a rank or a resume with another --batch-size is refused."""
+    from fairdiff.audit.runner import shard_batches
+
+    suites = [load_suite("world-occupations")]
+    arms = {a["name"]: arm_from_spec(a) for a in ARMS}
+    jobs = build_plan(suites, list(arms.values()), _cfg())
+    keys = lambda cfg, rank: {j.key for _, b in shard_batches(jobs, arms, cfg, rank, 2) for j in b}  # noqa: E731
+    assert keys(_cfg(batch_size=4), 0) & keys(_cfg(batch_size=3), 1)  # the hazard: one job on both ranks
+
+    assert _cfg(batch_size=4).fingerprint(suites) != _cfg(batch_size=3).fingerprint(suites)
+    out = tmp_path / "run"
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    _run(_cfg(batch_size=4), out, tiny)
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(FairdiffError, match="different config"):
+        _run(_cfg(batch_size=3), out, tiny)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(FairdiffError, match="different config"):
+        _run(_cfg(batch_size=3), out, tiny, resume=True)
+    _run(_cfg(batch_size=4), out, tiny, resume=True)  # the same batch size resumes
+    assert len(_sig(out)) == 12
+
+
+def test_arms_give_each_image_its_options_and_the_base_arm_is_unchanged():
+    from fairdiff.audit.arms import Arm, NegativeArm
+    from fairdiff.models.prompts import split_negative_terms
+    from fairdiff.models.sampling import ImageOptions
+
+    text = 'a photo of a nurse -revealing -"bare shoulders"'
+    positive, negative = split_negative_terms(text, "")
+    assert Arm(guidance=2.0).image_options(text, "", 3, 7) == ImageOptions(positive, negative, 7, 2.0)
+    neg = NegativeArm(name="n", negative="smiling").image_options(text, "", 0, 0)
+    assert (neg.prompt, neg.negative, neg.guidance) == (positive, f"{negative}, smiling", None)
+
+    # the plan as it was built before arms saw the image index: one conditioning per prompt and arm, seed + i
+    cfg, suites = _cfg(seed=5), [load_suite("world-occupations")]
+    arms = [arm_from_spec(a) for a in ARMS]
+    old = []
+    for p in suites[0].prompts[: cfg.max_prompts]:
+        for arm in arms:
+            positive, negative = split_negative_terms(p.text, "")
+            negative = ", ".join(t for t in (negative, getattr(arm, "negative", "")) if t)
+            old += [(f"world-occupations/{p.id}/{arm.name}/{5 + i}", 5 + i, positive, negative) for i in range(3)]
+    assert [(j.key, j.seed, j.prompt, j.negative) for j in build_plan(suites, arms, cfg)] == old
+
+
+def test_an_arm_can_plan_its_images_by_index(tmp_path, tiny, monkeypatch):
+    """A quota-style arm: image i of a prompt gets another prompt and guidance by its index; the runner carries
+    the per-image options into the request, and the images are those the options draw."""
+    from dataclasses import dataclass, replace
+
+    import numpy as np
+    from PIL import Image
+
+    import fairdiff.models.sampling as sampling
+    from fairdiff.audit.arms import Arm
+    from fairdiff.models.sampling import ImageOptions, SamplingRequest
+
+    @dataclass
+    class QuotaArm(Arm):
+        name: str = "quota"
+
+        def check(self) -> None:  # a kind without a spec model in audit/arm_specs.py
+            pass
+
+        def image_options(self, prompt, negative, index, seed):
+            opts = super().image_options(prompt, negative, index, seed)
+            return replace(opts, prompt=f"{opts.prompt}, a woman", guidance=1.0) if index % 2 else opts
+
+    import fairdiff.audit.runner as runner
+
+    real_spec = runner.arm_from_spec
+    monkeypatch.setattr(runner, "arm_from_spec", lambda s: QuotaArm() if s["kind"] == "test-quota" else real_spec(s))
+    requests = []
+    real = sampling.draw
+    monkeypatch.setattr(sampling, "draw", lambda loaded, r: requests.append(r) or real(loaded, r))
+    cfg = _cfg(arms=[{"kind": "test-quota", "name": "quota"}], images_per_prompt=2, max_prompts=1, batch_size=2)
+    _run(cfg, tmp_path / "run", tiny)
+    (request,) = requests
+    doctor = "a photo of the face of a doctor"
+    assert [(o.prompt, o.seed, o.guidance) for o in request.images] == [
+        (doctor, 0, None),
+        (f"{doctor}, a woman", 1, 1.0),
+    ]
+    rows = sorted(read_rows(tmp_path / "run"), key=lambda r: r.seed)
+    assert [r.prompt for r in rows] == [doctor, f"{doctor}, a woman"]
+    alone = real(tiny[0], SamplingRequest([ImageOptions(f"{doctor}, a woman", "", 1, 1.0)], steps=2))[0]
+    stored = np.asarray(Image.open(tmp_path / "run" / rows[1].image), dtype=int)
+    assert np.abs(stored - alone.astype(int)).max() <= 1  # image 1 is its own options' image (batch-shape kernels)
+
+
+def test_an_arm_seed_outside_64_bits_or_twice_is_refused():
+    from dataclasses import dataclass, replace
+
+    from fairdiff.audit.arms import Arm
+
+    @dataclass
+    class Shifted(Arm):
+        shift: int = 0
+
+        def image_options(self, prompt, negative, index, seed):
+            return replace(super().image_options(prompt, negative, index, seed), seed=seed + self.shift)
+
+    suites = [load_suite("world-occupations")]
+    with pytest.raises(FairdiffError, match="arm base: seed of image 0 of prompt doctor"):
+        build_plan(suites, [Shifted(shift=-1)], _cfg())
+    with pytest.raises(FairdiffError, match="2\\*\\*64"):
+        build_plan(suites, [Shifted(shift=2**64)], _cfg())
+
+    @dataclass
+    class Same(Arm):
+        def image_options(self, prompt, negative, index, seed):
+            return replace(super().image_options(prompt, negative, index, seed), seed=0)
+
+    with pytest.raises(FairdiffError, match="the seed 0"):
+        build_plan(suites, [Same()], _cfg())

@@ -5,7 +5,7 @@ import pytest
 
 from fairdiff.metrics.bootstrap import wilson_ci
 from fairdiff.models.loading import load_pipeline
-from fairdiff.models.sampling import run_pipeline
+from fairdiff.models.sampling import ImageOptions, SamplingRequest, draw
 from fairdiff.world.classifier import load_classifier, predict_probs
 from fairdiff.world.gates import GateConfig, run_gates
 from fairdiff.world.render import render_batch
@@ -105,7 +105,8 @@ def test_bundled_model_on_a_small_sample(world, classify):
     loaded = load_pipeline("tiny")
 
     def sample(prompts, seeds, guidance):
-        return run_pipeline(loaded, prompts, [""] * len(prompts), seeds, steps=25, guidance=guidance)
+        images = [ImageOptions(p, "", s, guidance) for p, s in zip(prompts, seeds, strict=True)]
+        return draw(loaded, SamplingRequest(images, steps=25))
 
     cfg = GateConfig(
         control_occupations=("doctor", "nurse"),
@@ -120,3 +121,15 @@ def test_bundled_model_on_a_small_sample(world, classify):
     assert report.validity >= 0.85
     # the injected doctor skew is visible without guidance: clearly more men than women
     assert report.fidelity["doctor"]["gender"]["man"]["g1"] >= 0.55
+
+
+def test_a_world_without_a_gate_occupation_is_one_error_before_sampling(world):
+    import copy
+
+    from fairdiff.errors import FairdiffError
+
+    smaller = copy.copy(world)
+    object.__setattr__(smaller, "occupations", {k: v for k, v in world.occupations.items() if k != "nurse"})
+    never = lambda *a: pytest.fail("sampled before the check")  # noqa: E731
+    with pytest.raises(FairdiffError, match=r"measure the occupations doctor, nurse, ceo, housekeeper; .* no nurse"):
+        run_gates(smaller, never, never, GateConfig())

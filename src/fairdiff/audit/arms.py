@@ -1,9 +1,11 @@
 """Arms: the variants of a model an audit compares over the same prompts and seeds.
 
-An arm changes what is generated for a suite prompt: its text and negative prompt (`condition`), the guidance
-scale, or the model (adapters in a slot, an edited weight). Arms that share a `batch_key` are drawn together in
-one batch: base, negative-prompt and adapter arms all share the model, and adapter arms differ only in their
-per-sample slot weights, so an audit of eight adapters runs as one batch per step.
+An arm changes what is generated for a suite prompt: what each image is drawn with (`image_options`: text,
+negative prompt, seed and guidance scale of image `index` of the prompt, so an arm can plan the images of a
+prompt, e.g. give a quota of them another prompt), or the model (adapters in a slot, an edited weight). Arms that
+share a `batch_key` are drawn together in one batch: base, negative-prompt and adapter arms all share the model,
+and adapter arms differ only in their per-sample slot weights, so an audit of eight adapters runs as one batch
+per step.
 
 New arm kinds register with `@register_arm("kind")` and implement the few methods below; the runner never
 changes for them.
@@ -11,21 +13,18 @@ changes for them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-
+from fairdiff.audit.arm_specs import arm_fields, check_arm_spec
 from fairdiff.errors import FairdiffError
 from fairdiff.files import slug
 from fairdiff.models.prompts import split_negative_terms
+from fairdiff.models.sampling import ImageOptions
 
 ARM_KINDS: dict[str, type[Arm]] = {}
-# arm and suite names become folder and file names in a run dir: no "/", no ".." and no leading dot
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 def register_arm(kind: str) -> Callable[[type[Arm]], type[Arm]]:
@@ -46,19 +45,19 @@ class Arm:
     kind: ClassVar[str] = "base"
 
     def check(self) -> None:
-        if not isinstance(self.name, str) or not SAFE_NAME.match(self.name):
-            raise FairdiffError(f"arm name {self.name!r}: use letters, digits and _ . + - only")
-        g = self.guidance
-        if g is not None and (not isinstance(g, (int, float)) or isinstance(g, bool) or not np.isfinite(g) or g < 0):
-            raise FairdiffError(f"arm {self.name}: guidance must be a number >= 0, got {g!r}")
+        """Validate the arm as its spec model does (audit/arm_specs.py): a `FairdiffError` naming arm and key."""
+        check_arm_spec(self.spec())
 
     def spec(self) -> dict[str, Any]:
         """Everything needed to rebuild the arm (stored in the run config)."""
         return {"kind": self.kind, "name": self.name, "guidance": self.guidance}
 
-    def condition(self, prompt: str, negative: str) -> tuple[str, str]:
-        """The text and negative prompt this arm draws for a suite prompt (`-term` syntax applied)."""
-        return split_negative_terms(prompt, negative)
+    def image_options(self, prompt: str, negative: str, index: int, seed: int) -> ImageOptions:
+        """What image `index` (0-based) of a suite prompt is drawn with under this arm: the prompt with its
+        `-term`s moved into the negative prompt, the seed the plan gives it, and the arm's guidance (None: the
+        run's)."""
+        text, negative = split_negative_terms(prompt, negative)
+        return ImageOptions(prompt=text, negative=negative, seed=seed, guidance=self.guidance)
 
     def batch_key(self, run_guidance: float | None) -> tuple:
         """Arms with equal keys may share a batch."""
@@ -84,17 +83,12 @@ class NegativeArm(Arm):
     name: str = "negative"
     negative: str = ""
 
-    def check(self) -> None:
-        super().check()
-        if not isinstance(self.negative, str) or not self.negative.strip():
-            raise FairdiffError(f"arm {self.name}: the negative prompt must be non-empty text, got {self.negative!r}")
-
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "negative": self.negative}
 
-    def condition(self, prompt: str, negative: str) -> tuple[str, str]:
-        prompt, negative = super().condition(prompt, negative)
-        return prompt, ", ".join(t for t in (negative, self.negative) if t)
+    def image_options(self, prompt: str, negative: str, index: int, seed: int) -> ImageOptions:
+        opts = super().image_options(prompt, negative, index, seed)
+        return replace(opts, negative=", ".join(t for t in (opts.negative, self.negative) if t))
 
 
 @register_arm("adapter")
@@ -105,19 +99,6 @@ class AdapterArm(Arm):
     name: str = "adapter"
     adapters: list[str] = field(default_factory=list)  # "FILE[:WEIGHT]"
     allow_pickle: bool = False
-
-    def check(self) -> None:
-        from fairdiff.adapters.engine import parse_adapter_spec
-
-        super().check()
-        if not isinstance(self.adapters, list) or not all(isinstance(a, str) for a in self.adapters):
-            raise FairdiffError(f"arm {self.name}: adapters must be a list of FILE[:WEIGHT], got {self.adapters!r}")
-        if not self.adapters:
-            raise FairdiffError(f"arm {self.name}: no adapter files")
-        for text in self.adapters:
-            path = parse_adapter_spec(text).path
-            if not path.exists():
-                raise FairdiffError(f"arm {self.name}: adapter {str(path)!r}: no such file or directory")
 
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "adapters": list(self.adapters), "allow_pickle": self.allow_pickle}
@@ -186,17 +167,12 @@ class ArmRuntime:
 
 
 def arm_from_spec(spec: dict[str, Any]) -> Arm:
-    """Rebuild an arm from its `spec()` (or a user's dict with at least `kind`)."""
-    spec = dict(spec)
-    kind = spec.pop("kind", "base")
+    """Rebuild an arm from its `spec()` (or a user's dict; `kind` base where not given), validated by its spec
+    model (audit/arm_specs.py)."""
+    kind, fields = arm_fields(spec)
     if kind not in ARM_KINDS:
         raise FairdiffError(f"unknown arm kind {kind!r}; choose one of: {', '.join(sorted(ARM_KINDS))}")
-    try:
-        arm = ARM_KINDS[kind](**spec)
-    except TypeError as exc:
-        raise FairdiffError(f"arm {spec.get('name', kind)}: {exc}") from None
-    arm.check()
-    return arm
+    return ARM_KINDS[kind](**fields)
 
 
 def adapter_arm_name(path: Path, taken: set[str]) -> str:

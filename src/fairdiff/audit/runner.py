@@ -23,9 +23,11 @@ import numpy as np
 from fairdiff.audit.arms import Arm, ArmRuntime, arm_from_spec, check_arms
 from fairdiff.audit.store import SCHEMA_VERSION, ImageRow, Store, store_files, store_path
 from fairdiff.audit.suites import Suite, load_suite
+from fairdiff.checks import check_seed
 from fairdiff.errors import FairdiffError
 from fairdiff.files import ensure_writable_dir, write_atomic, write_json_atomic
 from fairdiff.images import png_bytes
+from fairdiff.models.sampling import ImageOptions, SamplingRequest
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +68,10 @@ class AuditConfig:
         """What must not change between a run and its resume: every option that changes the images or labels,
         and the contents (not the names) of the suites, the world config and the adapter files."""
         # paths are left out (a resume may spell a file another way, or run from another folder): the suites'
-        # prompts, the world config's text and each adapter's hash stand for them
-        keep = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device", "suites", "world")}
+        # prompts, the world config's text and each adapter's hash stand for them. batch_size stays in: it decides
+        # which jobs share a forward (and so which rank of a sharded run draws which job), and a batch's shape can
+        # change CPU kernels and so the bytes of an image
+        keep = {k: v for k, v in asdict(self).items() if k not in ("device", "suites", "world")}
         if self.world:
             keep["world_text"] = Path(self.world).read_text() if Path(self.world).is_file() else None
         keep["suites_spec"] = [{k: v for k, v in s.spec().items() if k != "source"} for s in suites or []]
@@ -87,26 +91,41 @@ def _adapters_by_hash(arm: dict, hashes: dict[str, str]) -> dict:
 
 @dataclass(frozen=True)
 class Job:
+    """One image of the plan: what the arm's `image_options` gave for image `index` of a suite prompt."""
+
     key: str
     suite: str
     prompt_id: str
     arm: str
     seed: int
-    prompt: str  # after the arm's conditioning
+    prompt: str  # as the arm draws it (`-term`s moved to the negative prompt, the arm's own changes)
     negative: str
+    guidance: float | None = None  # the arm's; None: the run's (cfg.guidance, else the pipeline's default)
+    index: int = 0  # image index within the prompt and arm
+
+    def options(self, run_guidance: float | None) -> ImageOptions:
+        """The sampling options of this image, the run's guidance filled in."""
+        guidance = self.guidance if self.guidance is not None else run_guidance
+        return ImageOptions(prompt=self.prompt, negative=self.negative, seed=self.seed, guidance=guidance)
 
 
 def build_plan(suites: list[Suite], arms: list[Arm], cfg: AuditConfig) -> list[Job]:
-    jobs = []
+    """Suite x prompt x arm x image index, in that order; image i has the plan seed `cfg.seed + i`, and the arm
+    says what it is drawn with (`Arm.image_options`). Keys are `suite/prompt/arm/seed`, with the seed drawn."""
+    jobs, keys = [], set()
     for suite in suites:
         n = cfg.images_per_prompt or suite.images_per_prompt
         for p in suite.prompts[: cfg.max_prompts]:
             for arm in arms:
-                text, negative = arm.condition(p.text, "")
                 for i in range(n):
-                    seed = cfg.seed + i
-                    key = f"{suite.name}/{p.id}/{arm.name}/{seed}"
-                    jobs.append(Job(key, suite.name, p.id, arm.name, seed, text, negative))
+                    opts = arm.image_options(p.text, "", i, cfg.seed + i)
+                    check_seed(opts.seed, option=f"arm {arm.name}: seed of image {i} of prompt {p.id}")
+                    key = f"{suite.name}/{p.id}/{arm.name}/{opts.seed}"
+                    if key in keys:
+                        raise FairdiffError(f"arm {arm.name} gives two images of prompt {p.id} the seed {opts.seed}")
+                    keys.add(key)
+                    job = Job(key, suite.name, p.id, arm.name, opts.seed, opts.prompt, opts.negative, opts.guidance, i)
+                    jobs.append(job)
     return jobs
 
 
@@ -170,7 +189,7 @@ def prepare_run_dir(out: Path, cfg: AuditConfig, resume: bool, fingerprint: str 
 
 def check_audit(cfg: AuditConfig) -> tuple[list[Arm], list[Suite]]:
     """Validate everything about an audit that can be checked without loading a model."""
-    from fairdiff.detect.registry import detector_factory
+    from fairdiff.detect.registry import check_detector_options
     from fairdiff.world.config import load_world_config
 
     cfg.check()
@@ -181,7 +200,7 @@ def check_audit(cfg: AuditConfig) -> tuple[list[Arm], list[Suite]]:
     names = [s.name for s in suites]
     if len(set(names)) != len(names):
         raise FairdiffError(f"suites must be distinct, got {names}")
-    detector_factory(cfg.detector)  # raises for unknown names
+    check_detector_options(cfg.detector, cfg.detector_options)  # unknown names and options, before any model loads
     return arms, suites
 
 
@@ -290,7 +309,7 @@ def run_audit(
 
 def _draw(out, cfg, loaded, detector, runtime, arm_by_name, batches, rank, world_size, on_progress) -> None:
     """Draw, detect and store every batch of this rank that the store does not hold yet."""
-    from fairdiff.models.sampling import run_pipeline
+    from fairdiff.models import sampling
 
     done: set[str] = set()
     for path in store_files(out):  # jobs any rank or earlier run (any world size) already stored
@@ -307,17 +326,9 @@ def _draw(out, cfg, loaded, detector, runtime, arm_by_name, batches, rank, world
             on_progress(finished, total)
         for _, batch in todo:
             t0 = time.perf_counter()
-            batch_arms = [arm_by_name[j.arm] for j in batch]
-            runtime.activate(batch_arms)
-            guidance = batch_arms[0].guidance if batch_arms[0].guidance is not None else cfg.guidance
-            pixels = run_pipeline(
-                loaded,
-                [j.prompt for j in batch],
-                [j.negative for j in batch],
-                [j.seed for j in batch],
-                cfg.steps,
-                guidance,
-            )
+            runtime.activate([arm_by_name[j.arm] for j in batch])
+            request = SamplingRequest([j.options(cfg.guidance) for j in batch], steps=cfg.steps)
+            pixels = sampling.draw(loaded, request)
             probs = detector(pixels)
             per_image = (time.perf_counter() - t0) / len(batch)
             rows = []

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from fairdiff.errors import FairdiffError
 from fairdiff.metrics import normalized_bias
 from fairdiff.metrics.bootstrap import wilson_ci
 from fairdiff.metrics.quality import VALIDITY_CONFIDENCE, valid_images
@@ -126,6 +127,18 @@ def _shares(probs: dict[str, np.ndarray], attribute: str) -> dict[str, float]:
     return {v: float(np.mean(labels == k)) for k, v in enumerate(ATTRIBUTES[attribute])}
 
 
+def check_gate_world(world: WorldConfig, cfg: GateConfig) -> None:
+    """The gates prompt for and compare against `cfg`'s occupations: a world without one of them is one error
+    (raised before any model is loaded)."""
+    wanted = dict.fromkeys((*cfg.control_occupations, *cfg.fidelity_occupations))
+    missing = [o for o in wanted if o not in world.occupations]
+    if missing:
+        raise FairdiffError(
+            f"world config {world.source}: the quality gates measure the occupations {', '.join(wanted)}; "
+            f"this world has no {', '.join(missing)} (it has {', '.join(world.occupations)})"
+        )
+
+
 def run_gates(
     world: WorldConfig,
     sample: Sampler,
@@ -134,6 +147,7 @@ def run_gates(
     on_images: Callable[[int], None] | None = None,
 ) -> GateReport:
     """Measure all gates with `sample` (the model) and `classify` (the world classifier)."""
+    check_gate_world(world, cfg)
     seed_counter = [cfg.seed * 1_000_000]
     confident: list[np.ndarray] = []
     off: list[np.ndarray] = []  # per drawn image: face colour off the render palette
