@@ -540,3 +540,67 @@ def test_cli_reads_fairdiffs_own_rows_csv(tmp_path):
     assert result.exit_code == 0, result.output
     assert {r["attribute"] for r in json.loads(out.read_text())["metrics"]["overall"]} == {"gender"}
     assert "classes read from the data (gender: man, woman)" in " ".join(result.output.split())
+
+
+def test_wide_counts_are_read_as_counts_not_one_image_per_row(tmp_path):
+    from fairdiff.metrics.csv_input import assess_csv
+
+    path = tmp_path / "wide.csv"
+    path.write_text(
+        "prompt,gender,count\ndoctor,man,80\ndoctor,woman,20\nnurse,man,10\nnurse,woman,90\n"
+        "teacher,man,50\nteacher,woman,50\n"
+    )
+    result = assess_csv(path, n_boot=50)
+    # by hand: |0.8 - 0.5| / 0.5 = 0.6, |0.1 - 0.5| / 0.5 = 0.8, 0 for teacher; mean over the 3 prompts 1.4 / 3
+    assert result.frame.overall["normalized_bias"].iloc[0] == pytest.approx(1.4 / 3)
+    shares = result.frame.shares.set_index(["prompt", "class"])["share"]
+    assert shares["doctor", "woman"] == pytest.approx(0.2) and shares["nurse", "woman"] == pytest.approx(0.9)
+    assert any("read as counts" in n for n in result.notes)
+
+
+def test_published_table_in_the_wide_shape_gives_its_normalized_bias(tmp_path):
+    """The Fair Diffusion SD 1.5 table saved as prompt,gender,count: 0.6229 (read as one image a row: 0.00)."""
+    wide = _fair_diffusion().query("arm == 'sd-1.5'").rename(columns={"class": "gender"})
+    path = tmp_path / "sd15.csv"
+    wide[["prompt", "gender", "count"]].to_csv(path, index=False)
+    out = tmp_path / "m.json"
+    result = runner.invoke(app, ["metrics", str(path), "--json", str(out), "--n-boot", "100"])
+    assert result.exit_code == 0, result.output
+    overall = json.loads(out.read_text())["metrics"]["overall"]
+    assert overall[0]["normalized_bias"] == pytest.approx(0.6229, abs=1e-4)
+    assert "read as counts" in result.output
+
+
+def test_fractional_counts_are_refused_naming_the_row(tmp_path):
+    from fairdiff.metrics.csv_input import assess_csv
+
+    wide = tmp_path / "wide.csv"
+    wide.write_text("prompt,gender,count\ndoctor,man,80\ndoctor,woman,19.5\n")
+    with pytest.raises(
+        FairdiffError,
+        match=r"wide.csv: row 2 \(prompt=doctor, gender=woman, count=19.5\): count is "
+        r"19.5, not a count",
+    ):
+        assess_csv(wide)
+    long = tmp_path / "long.csv"
+    long.write_text(
+        "prompt,attribute,class,count\ndoctor,gender,man,80\ndoctor,gender,woman,20\nnurse,gender,man,0.25\n"
+    )
+    with pytest.raises(
+        FairdiffError, match=r"long.csv: row 3 \(prompt=nurse, attribute=gender, class=man, count=0.25\)"
+    ):
+        assess_csv(long)
+    half = tmp_path / "half.csv"
+    half.write_text("prompt,class,count\ndoctor,man,80\n")
+    with pytest.raises(FairdiffError, match="has columns 'count' and 'class' but not both 'attribute' and 'class'"):
+        assess_csv(half)
+
+
+def test_a_numeric_column_is_never_dropped_without_a_note(tmp_path):
+    from fairdiff.metrics.csv_input import assess_csv
+
+    path = tmp_path / "labels.csv"
+    rows = [f"p{i % 2},{'man' if i % 3 else 'woman'},{i * 7}" for i in range(30)]  # n: 30 distinct values
+    path.write_text("prompt,gender,n\n" + "\n".join(rows) + "\n")
+    notes = assess_csv(path, n_boot=20).notes
+    assert any("['n'] not taken as attributes" in n and "must be called 'count'" in n for n in notes), notes

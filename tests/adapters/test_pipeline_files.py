@@ -176,3 +176,51 @@ def test_bad_pipeline_files_name_the_key(tmp_path):
     wrong = _write(tmp_path, "wrong.safetensors", {down: torch.randn(2, 31), up: torch.randn(32, 2)})
     with pytest.raises(FairdiffError, match=rf"'{down}'.*A \(2, 31\) / B \(32, 2\) does not fit"):
         attach_adapters(tiny_sd_pipeline(), [load_adapter(wrong)])
+
+
+@pytest.mark.parametrize("metadata", [True, False])
+def test_unet_save_lora_adapter_file_equals_peft(tmp_path, metadata):
+    """diffusers' per-model save (`unet.save_lora_adapter`, keys without `unet.`) reads to the same UNet output
+    as the PEFT adapter it was saved from; rank and alpha patterns included."""
+    from _adapter_fixtures import unet_inputs
+    from peft import LoraConfig
+    from safetensors import safe_open
+
+    torch.manual_seed(5)
+    peft_pipe = tiny_sd_pipeline()
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in"],
+        rank_pattern={"attn2.to_k": 2},
+        alpha_pattern={"to_v": 3},
+        init_lora_weights=False,
+    )
+    peft_pipe.unet.add_adapter(config)
+    with torch.no_grad():
+        if not metadata:  # an older diffusers' file without a LoraConfig: alpha = rank, so scale 1 in PEFT too
+            for module in peft_pipe.unet.modules():
+                if hasattr(module, "scaling"):
+                    module.scaling = {k: 1.0 for k in module.scaling}
+        want = peft_pipe.unet(**unet_inputs(peft_pipe.unet)).sample
+    peft_pipe.unet.save_lora_adapter(tmp_path)
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    with safe_open(str(path), "pt") as f:
+        keys = list(f.keys())
+    assert keys and not any(k.startswith("unet.") for k in keys)  # what fairdiff refused before
+    if not metadata:
+        from safetensors.torch import load_file
+
+        save_file(load_file(str(path)), str(path))  # the same tensors without the header's LoraConfig
+
+    pipe = tiny_sd_pipeline()
+    with torch.no_grad():
+        base = pipe.unet(**unet_inputs(pipe.unet)).sample
+    adapter = load_adapter(tmp_path)
+    assert adapter.format == "diffusers" and list(adapter.components) == ["model"]
+    handle = attach_adapters(pipe, [adapter])
+    handle.set_combination([1.0])
+    with torch.no_grad():
+        got = pipe.unet(**unet_inputs(pipe.unet)).sample
+    assert (want - base).abs().max() > 1e-3
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)

@@ -37,3 +37,28 @@ def test_unknown_detector_and_bad_images_are_clear_errors():
         build_detector("world+oracle")
     with pytest.raises(FairdiffError, match=r"expects uint8 images \(N, H, W, 3\)"):
         _Fixed("a", {"g": ["x", "y"]})(np.zeros((2, 8, 8), np.float32))
+
+
+def test_unknown_detector_options_name_the_key_and_the_accepted_ones():
+    from fairdiff.detect.registry import detector_options
+
+    assert detector_options("world") == ("weights", "measure_accuracy")
+    with pytest.raises(
+        FairdiffError,
+        match=r"--detector-option 'checkpoint': detector 'world' has no such option; "
+        r"its options are: weights, measure_accuracy",
+    ):
+        build_detector("world", checkpoint="x")
+    with pytest.raises(FairdiffError, match=r"'wieghts'.*'world', the first detector of 'world\+nudenet'"):
+        build_detector("world+nudenet", wieghts="x")
+
+
+def test_audit_refuses_an_unknown_detector_option_before_loading_a_model(tmp_path, monkeypatch):
+    import fairdiff.models.loading as loading
+    from fairdiff.audit.runner import AuditConfig, run_audit
+
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("model loaded before the check"))
+    cfg = AuditConfig(detector="world", detector_options={"treshold": 0.5}, max_prompts=1, images_per_prompt=1)
+    with pytest.raises(FairdiffError, match="'treshold': detector 'world' has no such option"):
+        run_audit(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

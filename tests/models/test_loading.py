@@ -8,7 +8,7 @@ import pytest
 from fairdiff.errors import FairdiffError
 from fairdiff.models.loading import load_pipeline
 from fairdiff.models.random_pipelines import tiny_sd_pipeline, tiny_sdxl_pipeline
-from fairdiff.models.sampling import run_pipeline
+from fairdiff.models.sampling import ImageOptions, SamplingRequest, draw
 
 
 @pytest.fixture(scope="module", params=["sd", "sdxl"])
@@ -25,11 +25,10 @@ def test_loads_real_checkpoint_dirs_and_generates(saved_pipeline):
     assert loaded.kind == kind
     hashes = loaded.weight_hashes()
     assert any(k.startswith("unet/") for k in hashes) and all(len(v) == 64 for v in hashes.values())
-    images = run_pipeline(
-        loaded, ["a doctor", "a nurse"], ["", "blurry"], [0, 1], steps=2, guidance=5.0, height=32, width=32
-    )
+    doctor, nurse = ImageOptions("a doctor", "", 0, 5.0), ImageOptions("a nurse", "blurry", 1, 5.0)
+    images = draw(loaded, SamplingRequest([doctor, nurse], steps=2, height=32, width=32))
     assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
-    again = run_pipeline(loaded, ["a nurse"], ["blurry"], [1], steps=2, guidance=5.0, height=32, width=32)
+    again = draw(loaded, SamplingRequest([nurse], steps=2, height=32, width=32))
     np.testing.assert_allclose(images[1].astype(int), again[0].astype(int), atol=1)
 
 
@@ -68,3 +67,36 @@ def test_directory_without_index_and_bad_options(tmp_path):
         load_pipeline(str(tmp_path), dtype="float8")
     with pytest.raises(FairdiffError, match="--device"):
         load_pipeline(str(tmp_path), device="cuda:7" if not __import__("torch").cuda.is_available() else "nope")
+
+
+@pytest.mark.parametrize("device", ["xla", "ipu", "hpu", "meta", "xla:0"])
+def test_devices_this_torch_cannot_use_are_one_clear_error(device):
+    """torch.device() accepts these names; without their backends every later call would fail deep inside."""
+    import torch
+
+    from fairdiff.models.loading import resolve_device
+
+    try:  # a machine with such a backend installed: then it must resolve
+        torch.empty(1, device=device)
+        usable = device != "meta"
+    except Exception:
+        usable = False
+    if usable:
+        assert resolve_device(device).type == torch.device(device).type
+        return
+    with pytest.raises(FairdiffError, match=rf"--device '{device}'"):
+        resolve_device(device)
+
+
+def test_usable_devices_still_resolve():
+    import torch
+
+    from fairdiff.models.loading import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(FairdiffError, match="CUDA is not available"):
+            resolve_device("cuda")
+    else:
+        with pytest.raises(FairdiffError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")

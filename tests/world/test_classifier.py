@@ -50,3 +50,39 @@ def test_bad_weight_files(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:-50])
     with pytest.raises(FairdiffError, match="not a readable safetensors file"):
         load_classifier(truncated)
+
+
+def test_weights_with_wrong_keys_or_shapes_name_the_file_and_keys(tmp_path):
+    import torch
+
+    from fairdiff.world.classifier import WorldClassifier
+
+    state = {k: v.contiguous() for k, v in WorldClassifier(4).state_dict().items()}
+    renamed = {("backbone." + k if k.startswith("trunk.") else k): v for k, v in state.items()}
+    path = tmp_path / "renamed.safetensors"
+    save_file(renamed, str(path))
+    with pytest.raises(
+        FairdiffError, match=r"renamed.safetensors: not a world classifier's weights: missing key\(s\) trunk"
+    ):
+        load_classifier(path)
+    # right keys, another width, no sidecar saying so: the shapes are named, not a RuntimeError
+    save_file(state, str(tmp_path / "narrow.safetensors"))
+    with pytest.raises(FairdiffError, match=r"narrow.safetensors: key features.0.0.weight has shape \(4, 3, 3, 3\)"):
+        load_classifier(tmp_path / "narrow.safetensors")
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(FairdiffError, match=r"unexpected key\(s\) w \(1\)"):
+        load_classifier(tmp_path / "other.safetensors")
+    (tmp_path / "narrow.json").write_text("{not json")
+    with pytest.raises(FairdiffError, match="narrow.json has no readable config.width"):
+        load_classifier(tmp_path / "narrow.safetensors")
+
+
+def test_training_refuses_too_few_images_and_a_json_weights_path(tmp_path, monkeypatch):
+    import fairdiff.world.classifier as classifier
+
+    monkeypatch.setattr(classifier, "render_batch", lambda *a: pytest.fail("rendered before checking"))
+    with pytest.raises(FairdiffError, match="--n-train 100 is below the batch size 128"):
+        train_classifier(TrainClassifierConfig(n_train=100), tmp_path / "c.safetensors")
+    with pytest.raises(FairdiffError, match=r"--out .*c.json: the weights file cannot end in .json"):
+        train_classifier(TrainClassifierConfig(n_train=256), tmp_path / "c.json")
+    assert list(tmp_path.iterdir()) == []

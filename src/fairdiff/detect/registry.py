@@ -30,6 +30,30 @@ def detector_factory(name: str) -> Callable[..., Detector]:
     return DETECTORS[name]
 
 
+def detector_options(name: str) -> tuple[str, ...] | None:
+    """The keyword options detector `name` accepts (for "a+b": the first part's, which gets them); None where
+    its factory takes any keyword (`**kwargs`)."""
+    import inspect
+
+    params = inspect.signature(detector_factory(name)).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def check_detector_options(name: str, options: dict) -> None:
+    """One `FairdiffError` naming the first option detector `name` does not take and the options it does."""
+    accepted = detector_options(name)
+    unknown = [k for k in options if accepted is not None and k not in accepted]
+    if unknown:
+        first = name.split("+")[0]
+        via = f" (options go to {first!r}, the first detector of {name!r})" if "+" in name else ""
+        raise FairdiffError(
+            f"--detector-option {unknown[0]!r}: detector {first!r} has no such option{via}; "
+            f"its options are: {', '.join(accepted) or 'none'}"
+        )
+
+
 class CombinedDetector(Detector):
     """Several detectors as one ("clip+nudenet"): their attributes and outcomes side by side."""
 
@@ -55,6 +79,7 @@ class CombinedDetector(Detector):
 
 def build_detector(name: str, **options) -> Detector:
     """Build a registered detector by name; "a+b" combines detectors (options go to the first part)."""
+    check_detector_options(name, options)
     names = name.split("+")
     if len(names) == 1:
         return detector_factory(name)(**options)

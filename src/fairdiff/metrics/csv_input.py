@@ -1,8 +1,13 @@
 """CSV input for `fairdiff metrics`: per-image labels or per-group counts made by any tool, and option parsing.
 
-Two shapes, told apart by their columns:
+Three shapes, told apart by their columns:
 - counts: columns attribute, class, count (+ prompt, + arm); one row per (prompt, attribute, class)
+- wide counts: a `count` column beside one column per attribute (`prompt,gender,count`, the way published tables
+  are often saved); each row counts `count` images with those labels (read as counts per attribute)
 - labels: one row per image; one column per attribute holding the class label (+ prompt, + arm)
+
+Counts must be non-negative whole numbers; a fractional one is an error naming its row. A numeric column that is
+not read is named in a note, never dropped silently.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fairdiff.errors import FairdiffError
@@ -19,6 +25,7 @@ from fairdiff.metrics.labels import ARM, PRODUCT, infer_classes
 from fairdiff.metrics.outcome import OutcomeFrame
 
 COUNT_COLUMNS = ("attribute", "class", "count")
+COUNT = "count"
 # per-image columns that identify an image rather than label it; never taken as attributes (with fairdiff's own
 # rows.csv: suite, the prompt's text and negative, the image hash, and the fields a prompt asked for)
 ID_COLUMNS = frozenset(
@@ -142,9 +149,20 @@ def assess_csv(
     if groups and not outcome:
         raise FairdiffError("--groups needs --outcome (the rate compared between groups).")
 
+    shape, notes = "counts", []  # wide counts are read as counts (a note says so)
+    if COUNT in df.columns and not {"attribute", "class"} <= set(df.columns):
+        if {"attribute", "class"} & set(df.columns):
+            have = "attribute" if "attribute" in df.columns else "class"
+            raise FairdiffError(
+                f"{path}: has columns {COUNT!r} and {have!r} but not both 'attribute' and 'class'; give counts as "
+                f"{','.join(COUNT_COLUMNS)} or as one column per attribute beside {COUNT!r} (prompt,gender,count)"
+            )
+        df, notes = _wide_counts(path, df, group_by, out_column, attributes, intersections)
+        attributes, intersections = None, ()
     if all(c in df.columns for c in COUNT_COLUMNS):
         if intersections:
             raise FairdiffError("intersections need per-image labels; give counts for the product attribute instead.")
+        _check_counts(path, df, [c for c in (COUNT, out_column) if c and c in df.columns])
         present = list(pd.unique(df["attribute"].astype(str)))
         if attributes:
             unknown = [a for a in attributes if a not in present]
@@ -168,17 +186,16 @@ def assess_csv(
                 raise FairdiffError(f"in a counts file --outcome names a column of positive counts, got {outcome!r}.")
             rows = df[df["attribute"].astype(str).isin(groups)] if groups else df
             outcome_frame = OutcomeFrame.from_counts(rows, positives=out_column, **boot)
-        notes = _inferred_note({a: c for a, c in observed.items() if a not in mix})
-        return CsvMetrics("counts", group_by, frame, outcome_frame, notes)
+        notes += _inferred_note({a: c for a, c in observed.items() if a not in mix})
+        return CsvMetrics(shape, group_by, frame, outcome_frame, notes)
 
     exclude = [c for c in (group_by, out_column) if c]
     names = list(attributes) if attributes else label_columns(df, exclude)
-    numeric = (
-        []
-        if attributes
-        else [c for c in _candidates(df, exclude) if _whole_numbers(df[c]) and df[c].nunique() <= MAX_NUMERIC_CLASSES]
+    numeric = [] if attributes else [c for c in _candidates(df, exclude) if c not in names]
+    skipped = (
+        f"numeric column(s) {numeric} not taken as attributes; name them with --attributes to measure them"
+        f" (a column of image counts per row must be called {COUNT!r})"
     )
-    skipped = f"numeric column(s) {numeric} not taken as attributes; name them with --attributes to measure them"
     if not names:
         raise FairdiffError(
             f"{path}: no attribute columns found (columns {list(df.columns)}). Give per-image labels, one text "
@@ -217,3 +234,84 @@ def _inferred_note(classes: dict[str, Sequence[str]]) -> list[str]:
         return []
     listed = "; ".join(f"{a}: {', '.join(c)}" for a, c in classes.items())
     return [f"classes read from the data ({listed}); a class no image has is left out, --target names them all"]
+
+
+def _row(df: pd.DataFrame, index) -> str:
+    """A data row for an error message: its number in the file (1 = the first row under the header) and values."""
+    values = ", ".join(f"{c}={v}" for c, v in df.loc[index].items())
+    return f"row {df.index.get_loc(index) + 1} ({values})"
+
+
+def _check_counts(path: Path, df: pd.DataFrame, columns: Sequence[str]) -> None:
+    """Every count is a finite, non-negative whole number; else one error naming the first bad row."""
+    for column in columns:
+        values = pd.to_numeric(df[column], errors="coerce").astype(float)
+        bad = values.isna() | ~np.isfinite(values.fillna(0)) | (values < 0) | (values != values.round())
+        if bad.any():
+            index = bad[bad].index[0]
+            raise FairdiffError(
+                f"{path}: {_row(df, index)}: {column} is {df.loc[index, column]}, not a count "
+                "(a non-negative whole number of images)"
+            )
+
+
+def _wide_counts(
+    path: Path,
+    df: pd.DataFrame,
+    group_by: str | None,
+    out_column: str | None,
+    attributes: Sequence[str] | None,
+    intersections: Sequence[str],
+) -> tuple[pd.DataFrame, list[str]]:
+    """A `count` column beside one column per attribute -> the long counts shape (attribute, class, count), one
+    block of rows per attribute and per `--intersection`; returns it and notes on what was assumed."""
+    exclude = [c for c in (group_by, out_column, COUNT) if c]
+    if out_column and out_column not in df.columns:
+        raise FairdiffError(f"--outcome {out_column!r}: {path} has no such column; columns are {list(df.columns)}.")
+    counted = [COUNT, *([out_column] if out_column else [])]
+    _check_counts(path, df, counted)
+    if attributes:
+        unknown = [a for a in attributes if a not in df.columns]
+        if unknown:
+            raise FairdiffError(f"--attributes: {path} has no column(s) {unknown}; columns are {list(df.columns)}.")
+        names = list(attributes)
+    else:
+        names = label_columns(df, exclude)
+    products = [parse_attributes(spec) for spec in intersections]
+    unknown = sorted({a for p in products for a in p} - set(df.columns))
+    if unknown:
+        raise FairdiffError(f"--intersection: {path} has no column(s) {unknown}; columns are {list(df.columns)}.")
+    numeric = [c for c in _candidates(df, exclude) if c not in names]
+    if not names:
+        raise FairdiffError(
+            f"{path}: a {COUNT!r} column but no attribute columns beside it (columns {list(df.columns)}); give text "
+            f"columns of class labels (prompt,gender,count) or counts as {','.join(COUNT_COLUMNS)}"
+            + (f"; numeric column(s) {numeric} can be named with --attributes" if numeric else "")
+        )
+    notes = [
+        f"read as counts: each row is {COUNT!r} images with the labels in {names}"
+        + (f" (intersections {[PRODUCT.join(p) for p in products]})" if products else "")
+    ]
+    if numeric:
+        notes.append(
+            f"numeric column(s) {numeric} not taken as attributes; name them with --attributes to measure them"
+        )
+    keys = [c for c in (ARM, group_by) if c and c in df.columns]
+    parts, missing = [], {}
+    for attribute, columns in [(a, (a,)) for a in names] + [(PRODUCT.join(p), p) for p in products]:
+        labels = [as_labels(df[c]) for c in columns]
+        known = pd.concat([lab.notna() for lab in labels], axis=1).all(axis=1)
+        if not known.all():
+            missing[attribute] = int(pd.to_numeric(df.loc[~known, COUNT]).sum())
+        classes = labels[0].astype(str)
+        for lab in labels[1:]:
+            classes = classes + PRODUCT + lab.astype(str)
+        part = df.loc[known, keys + counted].copy()
+        part.insert(len(keys), "attribute", attribute)
+        part.insert(len(keys) + 1, "class", classes[known])
+        parts.append(part)
+    if missing:
+        notes.append(f"images without a label, left out of that attribute: {missing}")
+    long = pd.concat(parts, ignore_index=True)
+    long[counted] = long[counted].apply(pd.to_numeric).astype("int64")
+    return long, notes

@@ -73,14 +73,35 @@ def resolve_dtype(dtype: str) -> torch.dtype:
 
 
 def resolve_device(device: str) -> torch.device:
+    """`--device` as a torch device this process can use: cpu, cuda[:i] or mps when available, or any other
+    backend torch can allocate a tensor on (xla, xpu, ... with their packages installed); anything else, a
+    device index past the last GPU, or `meta` (no data) is one `FairdiffError`."""
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
         raise FairdiffError(f"unknown --device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FairdiffError(f"--device {device!r}: CUDA is not available on this machine")
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "meta":
+        raise FairdiffError(f"--device {device!r}: the meta device holds no data; use cpu, cuda or mps")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FairdiffError(f"--device {device!r}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FairdiffError(
+                f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)"
+            )
+        return dev
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise FairdiffError(f"--device {device!r}: MPS is not available on this machine")
+    try:  # xla, xpu, hpu, ...: usable only if this torch (and the backend's package) can allocate there
+        torch.empty(1, device=dev)
+    except Exception as exc:  # NotImplementedError, AssertionError, ModuleNotFoundError, RuntimeError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FairdiffError(
+            f"--device {device!r}: this torch cannot use {dev.type!r} devices ({first[:160]}); "
+            "use cpu, cuda or mps, or install that backend's torch package"
+        ) from None
     return dev
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairdiff.errors import FairdiffError
+from fairdiff.files import write_atomic
 from fairdiff.world.render import render_batch
 from fairdiff.world.schema import ATTRIBUTES, Portrait
 
@@ -107,10 +108,40 @@ def accuracy(model: WorldClassifier, images: np.ndarray, portraits: list[Portrai
     return {a: float(np.mean(probs[a].argmax(1) == np.array([p.index(a) for p in portraits]))) for a in ATTRIBUTES}
 
 
+def sidecar_path(weights: Path) -> Path:
+    """The JSON sidecar (config, held-out accuracy) beside a classifier weights file: `X.safetensors` -> `X.json`."""
+    return Path(weights).with_suffix(".json")
+
+
+def check_train_classifier(cfg: TrainClassifierConfig, out: Path) -> None:
+    """What `train_classifier` refuses, checked before anything is rendered."""
+    for name, value in (("n_train", cfg.n_train), ("n_test", cfg.n_test), ("epochs", cfg.epochs)):
+        if value < 1:
+            raise FairdiffError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if cfg.batch_size < 1:
+        raise FairdiffError(f"batch size must be >= 1, got {cfg.batch_size}")
+    if cfg.n_train < cfg.batch_size:
+        raise FairdiffError(
+            f"--n-train {cfg.n_train} is below the batch size {cfg.batch_size}: not one training step; "
+            f"give at least {cfg.batch_size}"
+        )
+    if sidecar_path(out) == Path(out):
+        raise FairdiffError(
+            f"--out {out}: the weights file cannot end in .json (its sidecar {sidecar_path(out).name} is written "
+            "beside it); use e.g. classifier.safetensors"
+        )
+    if Path(out).is_dir():
+        raise FairdiffError(
+            f"--out {out}: is a directory; give a weights file such as {Path(out) / 'classifier.safetensors'}"
+        )
+
+
 def train_classifier(cfg: TrainClassifierConfig, out: Path) -> dict[str, float]:
     """Train on uniform renders, write `out` (safetensors) + `out.json` (config, held-out accuracy)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_bytes
 
+    out = Path(out)
+    check_train_classifier(cfg, out)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     train_p, train_s = uniform_portraits(cfg.n_train, cfg.seed)
@@ -136,32 +167,66 @@ def train_classifier(cfg: TrainClassifierConfig, out: Path) -> dict[str, float]:
             sched.step()
         logger.info("epoch %d loss %.4f (%.0fs)", epoch, loss.item(), time.time() - t0)
     acc = accuracy(model, test_images, test_p)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
     meta = {
         "config": asdict(cfg),
         "held_out_accuracy": acc,
         "train_seconds": round(time.time() - t0, 1),
         "attributes": {a: list(v) for a, v in ATTRIBUTES.items()},
     }
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, save_bytes({k: v.contiguous() for k, v in model.state_dict().items()}))
+        write_atomic(sidecar_path(out), (json.dumps(meta, indent=2) + "\n").encode())
+    except OSError as exc:
+        raise FairdiffError(f"--out {out}: could not write the classifier ({exc.strerror or exc})") from None
     return acc
 
 
 def load_classifier(path: str | Path | None = None) -> WorldClassifier:
-    """Load the world classifier (bundled weights when `path` is None)."""
+    """Load the world classifier (bundled weights when `path` is None). A file that is not a world classifier
+    (wrong keys or shapes, an unreadable sidecar) is one `FairdiffError` naming the file and the keys."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path) if path is not None else BUNDLED_CLASSIFIER
     if not path.is_file():
         raise FairdiffError(f"world classifier {path}: no such file (train one with `fairdiff world train-classifier`)")
-    meta_path = path.with_suffix(".json")
-    width = json.loads(meta_path.read_text())["config"]["width"] if meta_path.is_file() else 16
+    meta_path = sidecar_path(path)
+    width = 16
+    if meta_path.is_file() and meta_path != path:
+        try:
+            width = json.loads(meta_path.read_text())["config"]["width"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise FairdiffError(
+                f"world classifier {path}: its sidecar {meta_path} has no readable config.width ({exc!r})"
+            ) from None
+        if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= 4096:
+            raise FairdiffError(
+                f"world classifier {path}: {meta_path}: config.width must be a whole number, got {width!r}"
+            )
     try:
         state = load_file(str(path))
-    except SafetensorError as exc:
+    except (SafetensorError, OSError) as exc:
         raise FairdiffError(f"world classifier {path}: not a readable safetensors file ({exc})") from None
     model = WorldClassifier(width)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise FairdiffError(
+            f"world classifier {path}: not a world classifier's weights: "
+            + "; ".join(
+                f"{what} key(s) {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
+                for what, keys in (("missing", missing), ("unexpected", unexpected))
+                if keys
+            )
+        )
+    wrong = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise FairdiffError(
+            f"world classifier {path}: key {k} has shape {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
+            f" (width {width}; {len(wrong)} key(s) differ)"
+        )
     model.load_state_dict(state)
     return model.eval()

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 import shutil
 import time
 from collections import deque
@@ -279,3 +280,22 @@ def train_model(
     if not (out / "pipeline").exists():
         save()
     return out / "pipeline"
+
+
+def bundle_pipeline(pipeline_dir: Path, target: Path) -> Path:
+    """Copy an exported pipeline over `target` (the bundled model): copied beside `target` first, then swapped
+    in whole, so a failed copy (disk full, an interrupt) leaves the model that was there. Returns `target`."""
+    target = Path(target).resolve()
+    tmp = target.parent / f".{target.name}.bundling-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(pipeline_dir, tmp)
+        swap_in_dir(tmp, target)
+    except OSError as exc:
+        raise FairdiffError(
+            f"--bundle: could not copy {pipeline_dir} to {target} ({exc.strerror or exc}); "
+            "the bundled model is unchanged"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
