@@ -49,12 +49,12 @@ def test_malformed_suite_file_and_bad_target(tmp_path):
 @pytest.mark.parametrize(
     ("arms", "message"),
     [
-        ("- {kind: base, name: g, guidance: '3'}", "guidance must be a number >= 0, got '3'"),
+        ("- {kind: base, name: g, guidance: '3'}", "[0].guidance: expected a number >= 0, got '3'"),
         ("- {kind: negative, name: n, negative: 5}", "the negative prompt must be non-empty text, got 5"),
         ("- {kind: adapter, name: a, adapters: x.safetensors}", "adapters must be a list of FILE[:WEIGHT]"),
         ("- {kind: adapter, name: a, adapters: [missing.safetensors]}", "no such file or directory"),
         ("- {kind: magic, name: m}", "unknown arm kind 'magic'"),
-        ("- {kind: base, name: 'a b'}", "arm name 'a b'"),
+        ("- {kind: base, name: 'a b'}", "[0].name: names folders of the run dir"),
     ],
 )
 def test_bad_arms_file_is_one_red_line(tmp_path, arms, message):

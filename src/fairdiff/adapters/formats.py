@@ -9,7 +9,9 @@ adapter) keeps its components.
 Formats (`load_adapter` tells them apart):
 - PEFT: adapter_config.json + adapter_model.safetensors (this module)
 - diffusers: pytorch_lora_weights.safetensors, keys `unet.<module>.lora_A.weight` (or older `lora.down`,
-  `to_q_lora.down`, `lora_linear_layer.down`), alphas from the file's `lora_adapter_metadata` (pipeline_files)
+  `to_q_lora.down`, `lora_linear_layer.down`), alphas from the file's `lora_adapter_metadata` (pipeline_files);
+  one model's file (`unet.save_lora_adapter`): keys `<module>.lora_A.weight` without a prefix, its LoraConfig
+  in `lora_adapter_metadata` (pipeline_files)
 - kohya / civitai: `lora_unet_<module>.lora_down.weight`, `lora_up`, `.alpha`; `lora_te_`, SDXL `lora_te1_` /
   `lora_te2_` (pipeline_files)
 
@@ -128,7 +130,8 @@ class TensorFile:
             except RuntimeError:  # old (non-zip) pickles cannot be memory-mapped
                 state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a bad pickle
-            raise FairdiffError(f"adapter {self.path}: could not read pickled weights ({exc})") from None
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise FairdiffError(f"adapter {self.path}: could not read pickled weights ({first})") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise FairdiffError(f"adapter {self.path}: the pickle is not a dict of tensors")
         self._state = state
@@ -156,9 +159,23 @@ class TensorFile:
                 f"adapter {self.path}: tensor {key!r} {tuple(tensor.shape)} has dtype {tensor.dtype}; "
                 f"LoRA weights must be floating point"
             )
-        if not torch.isfinite(tensor).all():
+        if not torch.isfinite(tensor if tensor.element_size() > 1 else tensor.float()).all():  # fp8: no isfinite
             raise FairdiffError(f"adapter {self.path}: tensor {key!r} {tuple(tensor.shape)} contains NaN or Inf")
         return tensor
+
+
+def pair_rank(source: str, module: str, A: torch.Tensor, B: torch.Tensor, keys: tuple[str, str]) -> int:
+    """The rank of a LoRA pair after checking A (r, in[, kh, kw]) and B (out, r[, 1, 1]) agree, r >= 1."""
+    key_a, key_b = keys
+    ok = A.dim() in (2, 4) and B.dim() == A.dim() and A.shape[0] == B.shape[1] and A.shape[0] >= 1
+    if ok and B.dim() == 4:
+        ok = B.shape[2:] == (1, 1)
+    if not ok:
+        raise FairdiffError(
+            f"adapter {source}: {module!r}: {key_a!r} {tuple(A.shape)} and {key_b!r} {tuple(B.shape)} do not form "
+            f"a LoRA pair (A: (r, in) or (r, in, kh, kw); B: (out, r) or (out, r, 1, 1); r >= 1)"
+        )
+    return A.shape[0]
 
 
 def make_layer(
@@ -166,14 +183,7 @@ def make_layer(
 ) -> LoRALayer:
     """A `LoRALayer` after checking A (r, in[, kh, kw]) and B (out, r[, 1, 1]) agree; errors name the keys."""
     key_a, key_b = keys
-    ok = A.dim() in (2, 4) and B.dim() == A.dim() and A.shape[0] == B.shape[1]
-    if ok and B.dim() == 4:
-        ok = B.shape[2:] == (1, 1)
-    if not ok:
-        raise FairdiffError(
-            f"adapter {source}: {module!r}: {key_a!r} {tuple(A.shape)} and {key_b!r} {tuple(B.shape)} do not form "
-            f"a LoRA pair (A: (r, in) or (r, in, kh, kw); B: (out, r) or (out, r, 1, 1))"
-        )
+    pair_rank(source, module, A, B, keys)
     if A.dtype != B.dtype:
         raise FairdiffError(
             f"adapter {source}: {module!r}: {key_a!r} is {A.dtype} but {key_b!r} is {B.dtype} (dtype mismatch)"
@@ -200,12 +210,46 @@ def peft_scale(config: dict, module: str, rank: int, source: str, key: str) -> t
     return alpha, (alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank)
 
 
-def check_lora_config(config: dict, source: str) -> None:
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_rank(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_lora_config(config, source: str) -> None:
+    """A PEFT LoraConfig dict as fairdiff reads it: LORA only, `r` a whole number >= 1, `lora_alpha` a number,
+    rank/alpha patterns mappings of valid regular expressions to ranks / numbers; unsupported flags refused."""
+    if not isinstance(config, dict):
+        raise FairdiffError(f"adapter {source}: the LoRA config must be a JSON object, got {type(config).__name__}")
     if config.get("peft_type", "LORA") != "LORA":
         raise FairdiffError(f"adapter {source}: peft_type {config.get('peft_type')!r} is not supported, only LORA")
     for flag in ("use_dora", "fan_in_fan_out", "lora_bias"):
         if config.get(flag):
             raise FairdiffError(f"adapter {source}: `{flag}: true` is not supported")
+    if "r" in config and not _is_rank(config["r"]):
+        raise FairdiffError(f"adapter {source}: `r` must be a whole number >= 1, got {config['r']!r}")
+    if "lora_alpha" in config and not _is_number(config["lora_alpha"]):
+        raise FairdiffError(f"adapter {source}: `lora_alpha` must be a finite number, got {config['lora_alpha']!r}")
+    if not isinstance(config.get("use_rslora", False), bool | None):
+        raise FairdiffError(f"adapter {source}: `use_rslora` must be true or false, got {config['use_rslora']!r}")
+    for name, valid, expected in (
+        ("rank_pattern", _is_rank, "a whole number >= 1"),
+        ("alpha_pattern", _is_number, "a finite number"),
+    ):
+        patterns = config.get(name) or {}
+        if not isinstance(patterns, dict):
+            raise FairdiffError(f"adapter {source}: `{name}` must map module patterns to values, got {patterns!r}")
+        for key, value in patterns.items():
+            try:
+                re.compile(rf"(.*\.)?({key})$")
+            except re.error as exc:
+                raise FairdiffError(
+                    f"adapter {source}: `{name}` key {key!r} is not a regular expression ({exc})"
+                ) from None
+            if not valid(value):
+                raise FairdiffError(f"adapter {source}: `{name}[{key!r}]` must be {expected}, got {value!r}")
 
 
 # -- PEFT -----------------------------------------------------------------------------------------------
@@ -223,8 +267,14 @@ def _peft_dir(root: Path, allow_pickle: bool) -> dict[str, LoRALayer]:
         weights = root / PEFT_PICKLE
     if not weights.is_file():
         raise FairdiffError(f"adapter {root}: no {PEFT_WEIGHTS}")
-    source = str(weights)
-    f = TensorFile(weights, allow_pickle)
+    return peft_layers(TensorFile(weights, allow_pickle), config)
+
+
+def peft_layers(f: TensorFile, config: dict | None) -> dict[str, LoRALayer]:
+    """The layers of a file in PEFT key naming (`[base_model.model.]<module>.lora_A.weight` / `lora_B`), each
+    scaled by `config` (a LoraConfig dict: r, lora_alpha, rank_pattern, alpha_pattern, use_rslora); None: no
+    config, alpha = rank (scale 1), as diffusers' loaders do."""
+    source = str(f.path)
     pairs: dict[str, dict[str, str]] = {}
     for key in f.names():
         match = _KEY.match(key)
@@ -239,11 +289,8 @@ def _peft_dir(root: Path, allow_pickle: bool) -> dict[str, LoRALayer]:
             missing = ({"A", "B"} - set(ab)).pop()
             raise FairdiffError(f"adapter {source}: {module!r} has lora_{set(ab).pop()} but no lora_{missing}")
         A, B = f.get(ab["A"]), f.get(ab["B"])
-        if A.shape[0] != B.shape[1]:
-            raise FairdiffError(
-                f"adapter {source}: {module!r}: lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} disagree on rank"
-            )
-        alpha, scale = peft_scale(config, module, A.shape[0], source, ab["A"])
+        rank = pair_rank(source, module, A, B, (ab["A"], ab["B"]))
+        alpha, scale = (float(rank), 1.0) if config is None else peft_scale(config, module, rank, source, ab["A"])
         layers[module] = make_layer(source, module, A, B, alpha, scale, (ab["A"], ab["B"]))
     return layers
 
@@ -359,19 +406,26 @@ def detect_format(keys: list[str]) -> str:
         return "diffusers"
     if all(k.startswith(_PEFT_PREFIX) for k in keys):
         return "peft-weights"
+    if all(_KEY.match(k) for k in keys):  # one model's LoRA without a prefix: diffusers' `unet.save_lora_adapter`
+        return "model"
     odd = next(
         (k for k in keys if not k.startswith(("lora_unet_", "lora_te", *prefixes))),
         keys[0],
     )
     raise FairdiffError(
-        f"unknown key {odd!r}: not a PEFT, diffusers (unet./text_encoder.) or kohya (lora_unet_/lora_te_) LoRA"
+        f"unknown key {odd!r}: not a PEFT, diffusers (unet./text_encoder. or one model's <module>.lora_A.weight) "
+        "or kohya (lora_unet_/lora_te_) LoRA"
     )
 
 
 def resolve_adapter_file(path: Path) -> Path:
     """The weights file (or PEFT directory) to read for `path`: a file, a PEFT directory, or a directory
     holding exactly one LoRA weights file (pytorch_lora_weights.safetensors preferred)."""
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a name too long for the filesystem
+        raise FairdiffError(f"adapter {str(path)[:80]!r}: not a usable path ({exc.strerror or exc})") from None
+    if not exists:
         raise FairdiffError(f"adapter {path}: no such file or directory")
     if path.is_file():
         return path.parent if path.name in (PEFT_CONFIG, PEFT_WEIGHTS, PEFT_PICKLE) else path

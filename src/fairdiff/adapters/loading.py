@@ -13,7 +13,7 @@ from fairdiff.adapters.formats import (
     read_peft,
     resolve_adapter_file,
 )
-from fairdiff.adapters.pipeline_files import read_diffusers, read_kohya
+from fairdiff.adapters.pipeline_files import read_diffusers, read_kohya, read_model_lora
 from fairdiff.errors import FairdiffError
 
 
@@ -33,4 +33,6 @@ def load_adapter(path: str | Path, allow_pickle: bool = False, unet_config=None)
         raise FairdiffError(f"adapter {target}: PEFT weights need their {PEFT_CONFIG} next to them")
     if kind == "kohya":
         return read_kohya(f, unet_config=unet_config)
+    if kind == "model":  # diffusers' per-model save (`unet.save_lora_adapter`): keys without `unet.`
+        return read_model_lora(f)
     return read_diffusers(f)

@@ -19,12 +19,15 @@ import json
 from types import SimpleNamespace
 
 from fairdiff.adapters.formats import (
+    MODEL,
     PIPELINE_COMPONENTS,
     LoRAAdapter,
     LoRALayer,
     TensorFile,
     check_lora_config,
     make_layer,
+    pair_rank,
+    peft_layers,
     peft_scale,
 )
 from fairdiff.errors import FairdiffError
@@ -73,6 +76,8 @@ def _diffusers_configs(f: TensorFile) -> dict[str, dict] | None:
         flat = json.loads(raw)
     except ValueError as exc:
         raise FairdiffError(f"adapter {f.path}: lora_adapter_metadata is not valid JSON ({exc})") from None
+    if not isinstance(flat, dict):
+        raise FairdiffError(f"adapter {f.path}: lora_adapter_metadata must be a JSON object, got {raw[:40]!r}")
     configs: dict[str, dict] = {}
     for key, value in flat.items():
         component, _, name = key.partition(".")
@@ -101,11 +106,31 @@ def read_diffusers(f: TensorFile) -> LoRAAdapter:
         layers = {}
         for module, (key_a, key_b) in sorted(_to_peft_names(component, names[component], source).items()):
             A, B = f.get(key_a), f.get(key_b)
-            rank = A.shape[0]
+            rank = pair_rank(source, module, A, B, (key_a, key_b))
             alpha, scale = (float(rank), 1.0) if config is None else peft_scale(config, module, rank, source, key_a)
             layers[module] = make_layer(source, module, A, B, alpha, scale, (key_a, key_b))
         components[component] = layers
     return LoRAAdapter(components, format="diffusers", source=source, config=configs or {})
+
+
+def read_model_lora(f: TensorFile) -> LoRAAdapter:
+    """One model's LoRA file as diffusers' `ModelMixin.save_lora_adapter` writes it (`unet.save_lora_adapter`):
+    PEFT keys without a component prefix (`down_blocks.0...to_q.lora_A.weight`) and the adapter's LoraConfig,
+    unprefixed, in `lora_adapter_metadata`; without it alpha = rank (scale 1), as `load_lora_adapter` does. Its
+    layers sit under the component `"model"` (attach_adapters puts them on the component that has them all)."""
+    source = str(f.path)
+    raw = f.metadata().get("lora_adapter_metadata")
+    config = None
+    if raw:
+        try:
+            config = json.loads(raw)
+        except ValueError as exc:
+            raise FairdiffError(f"adapter {source}: lora_adapter_metadata is not valid JSON ({exc})") from None
+        check_lora_config(config, source)
+    layers = peft_layers(f, config)
+    return LoRAAdapter(
+        {MODEL: layers}, format="diffusers", source=source, config={} if config is None else {MODEL: config}
+    )
 
 
 class _Alpha:
@@ -165,7 +190,7 @@ def read_kohya(f: TensorFile, unet_config=None) -> LoRAAdapter:
         for module, (key_a, key_b) in sorted(_to_peft_names(component, by_component[component], source).items()):
             A, B = f.get(key_a), f.get(key_b)
             alpha_key = key_a.removesuffix(".lora_down.weight") + ".alpha"
-            rank = A.shape[0]
+            rank = pair_rank(source, module, A, B, (key_a, key_b))
             if alpha_key in keyset:
                 alpha_tensor = f.get(alpha_key, integer_ok=True)  # diffusers reads an int alpha too
                 if alpha_tensor.numel() != 1:

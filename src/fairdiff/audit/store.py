@@ -89,7 +89,7 @@ class Store:
             raise FairdiffError(f"store {self.path}: not a readable fairdiff store ({exc})") from None
         if version is None and create:
             self._exec("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif version is None or int(version[0]) != SCHEMA_VERSION:
+        elif version is None or str(version[0]) != str(SCHEMA_VERSION):
             raise FairdiffError(
                 f"store {self.path}: written by a fairdiff with store schema {version and version[0]}, this one "
                 f"reads {SCHEMA_VERSION}; audit into a new --out"
@@ -111,7 +111,10 @@ class Store:
         self.db.close()
 
     def done_keys(self) -> set[str]:
-        return {k for (k,) in self.db.execute("SELECT job_key FROM images")}
+        try:
+            return {k for (k,) in self.db.execute("SELECT job_key FROM images")}
+        except sqlite3.DatabaseError as exc:
+            raise FairdiffError(f"store {self.path}: not a readable fairdiff store ({exc})") from None
 
     def add(self, rows: Iterable[ImageRow]) -> int:
         """Insert a batch in one transaction; rows whose key is present are ignored. Returns rows inserted."""
@@ -146,12 +149,42 @@ class Store:
         return self.db.total_changes - before
 
     def rows(self) -> Iterator[ImageRow]:
-        cur = self.db.execute("SELECT * FROM images ORDER BY suite, prompt_id, arm, seed")
-        for r in cur:
-            yield ImageRow(*r[:9], probs=json.loads(r[9]), rank=r[10], seconds=r[11])
+        """Every row, checked: a column of the wrong type or probabilities that are not JSON {attribute: [p, ...]}
+        raise a FairdiffError naming the job key."""
+        try:
+            cur = self.db.execute(
+                f"SELECT {', '.join(_COLUMNS)}, seconds FROM images ORDER BY suite, prompt_id, arm, seed"
+            )
+            for r in cur:
+                yield _checked_row(self.path, r)
+        except sqlite3.DatabaseError as exc:
+            raise FairdiffError(f"store {self.path}: not a readable fairdiff store ({exc})") from None
 
     def count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        try:
+            return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise FairdiffError(f"store {self.path}: not a readable fairdiff store ({exc})") from None
+
+
+def _checked_row(path: Path, r: tuple) -> ImageRow:
+    key = r[0]
+    texts, ints = (0, 1, 2, 3, 5, 6, 7, 8), (4, 10)
+    bad = [_COLUMNS[i] for i in texts if not isinstance(r[i], str)]
+    bad += [_COLUMNS[i] for i in ints if not isinstance(r[i], int)]
+    bad += ["seconds"] if not isinstance(r[11], int | float) else []
+    if bad:
+        raise FairdiffError(f"store {path}: job {key!r}: column(s) {bad} hold values of the wrong type")
+    try:
+        probs = json.loads(r[9])
+    except ValueError:
+        probs = None
+    ok = isinstance(probs, dict) and all(
+        isinstance(v, list) and v and all(isinstance(x, int | float) and 0 <= x <= 1 for x in v) for v in probs.values()
+    )
+    if not ok:
+        raise FairdiffError(f"store {path}: job {key!r}: probs must be JSON {{attribute: [p, ...]}}, got {r[9]!r:.60}")
+    return ImageRow(*r[:9], probs=probs, rank=r[10], seconds=float(r[11]))
 
 
 def store_files(run_dir: Path) -> list[Path]:

@@ -56,7 +56,9 @@ def adapters_inspect(
     with expected_errors():
         from fairdiff.adapters.loading import load_adapter
         from fairdiff.adapters.summary import summarize
+        from fairdiff.checks import check_count
 
+        check_count(top, "--top", minimum=0)
         adapter = load_adapter(file, allow_pickle=allow_pickle, unet_config=_unet_config(layers_per_block))
         summary = summarize(adapter, file)
         if as_json:
@@ -103,8 +105,10 @@ def adapters_convert(
         from fairdiff.adapters.engine import AdapterSpec, adapter_record
         from fairdiff.adapters.formats import write_peft
         from fairdiff.adapters.loading import load_adapter
+        from fairdiff.checks import check_output_dir
         from fairdiff.files import ensure_writable_dir
 
+        check_output_dir(out)
         adapter = load_adapter(file, allow_pickle=allow_pickle, unet_config=_unet_config(layers_per_block))
         ensure_writable_dir(out)
         write_peft(adapter, out)
@@ -131,8 +135,11 @@ def adapters_compose(
         from fairdiff.adapters.compose import compose
         from fairdiff.adapters.engine import adapter_record, load_adapter_specs
         from fairdiff.adapters.formats import write_peft
+        from fairdiff.checks import check_output_dir, check_seed
         from fairdiff.files import ensure_writable_dir
 
+        check_seed(seed)
+        check_output_dir(out)
         specs, loaded = load_adapter_specs(adapters, allow_pickle, _unet_config(layers_per_block))
         result = compose(loaded, [s.weight for s in specs], method=method, density=density, rank=rank, seed=seed)
         ensure_writable_dir(out)
@@ -166,11 +173,13 @@ def adapters_merge(
     """Fold W0 + sum_k w_k s_k B_k A_k into the model's weights and save the pipeline; writes merge.json."""
     with expected_errors():
         from fairdiff.adapters.engine import adapter_record, attach_adapters, load_adapter_specs, parse_adapter_spec
+        from fairdiff.checks import check_output_dir
         from fairdiff.files import ensure_writable_dir
         from fairdiff.models.loading import load_pipeline
 
         for text in adapters:  # bad FILE[:WEIGHT] fails before the model loads
             parse_adapter_spec(text)
+        check_output_dir(out)
         loaded = load_pipeline(model, dtype=dtype)
         unet = getattr(loaded.pipeline, "unet", None)  # kohya SDXL keys are mapped with its config
         specs, adapter_list = load_adapter_specs(adapters, allow_pickle, getattr(unet, "config", None))

@@ -47,9 +47,8 @@ def _audit_progress():
 def _arms(
     negative: list[str], adapter: list[str], arms_file: Path | None, no_base: bool, allow_pickle: bool
 ) -> list[dict]:
-    """Arm specs from the options: base, one negative arm per --negative, one adapter arm per --adapter."""
-    import yaml
-
+    """Arm specs from the options: base, one negative arm per --negative, one adapter arm per --adapter, and
+    those of the --arms file (validated here, so an error names the file and the item)."""
     arms: list[dict] = [] if no_base else [{"kind": "base", "name": "base"}]
     for i, text in enumerate(negative):
         arms.append(
@@ -62,14 +61,23 @@ def _arms(
         name = adapter_arm_name(parse_adapter_spec(text).path, {a["name"] for a in arms})
         arms.append({"kind": "adapter", "name": name, "adapters": [text], "allow_pickle": allow_pickle})
     if arms_file is not None:
-        try:
-            extra = yaml.safe_load(arms_file.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise FairdiffError(f"--arms {arms_file}: unreadable ({exc})") from None
-        if not isinstance(extra, list) or not all(isinstance(a, dict) for a in extra):
-            raise FairdiffError(f"--arms {arms_file}: expected a list of arm mappings (kind, name, ...)")
-        arms += extra
+        from fairdiff.audit.arm_specs import load_arms_file
+
+        arms += load_arms_file(arms_file)
     return arms
+
+
+def check_bounds(cfg, suites, out: Path) -> None:
+    """The upper bounds of an audit's options (images, steps, seeds) and its run dir, checked before the plan is
+    listed (AuditConfig.check has checked the lower bounds)."""
+    from fairdiff.checks import MAX_IMAGES_PER_PROMPT, MAX_STEPS, check_count, check_output_dir, check_seed
+
+    n = cfg.images_per_prompt
+    if n is not None:
+        check_count(n, "-n/--images-per-prompt", maximum=MAX_IMAGES_PER_PROMPT)
+    check_count(cfg.steps, "--steps", maximum=MAX_STEPS)
+    check_seed(cfg.seed, count=n or max((s.images_per_prompt for s in suites), default=1))
+    check_output_dir(out)
 
 
 def run_and_summarize(cfg, out: Path, resume: bool, title: str):
@@ -79,7 +87,8 @@ def run_and_summarize(cfg, out: Path, resume: bool, title: str):
     from fairdiff.audit.summary import summarize
     from fairdiff.report.export import export_run
 
-    check_audit(cfg)  # bad input fails before anything is loaded, drawn or written
+    _, suites = check_audit(cfg)  # bad input fails before anything is loaded, drawn or written
+    check_bounds(cfg, suites, out)
     if not resume:
         prepare_run_dir(out, cfg, resume)
     progress = _audit_progress()  # shown from the first batch on: a loading error stays one line
@@ -290,8 +299,14 @@ def report(
 ) -> None:
     """Write one self-contained HTML report (tables, charts, image grids, configs) for audit runs."""
     with expected_errors():
+        from fairdiff.checks import MAX_N_BOOT, check_count, check_output_dir, check_output_file, check_seed
         from fairdiff.report import export_runs, load_runs, render_report
 
+        check_count(n_boot, "--n-boot", maximum=MAX_N_BOOT)
+        check_seed(seed)
+        check_output_file(out)
+        if csv is not None:
+            check_output_dir(csv, "--csv")
         runs = load_runs(run_dirs, n_boot=n_boot, seed=seed)
         console.print(f"wrote {render_report(runs, out)}")
         if csv is not None:

@@ -33,6 +33,7 @@ def generate(
 ) -> None:
     """Generate images for one prompt: PNGs, a grid and a JSON sidecar (seeds, versions, weight hashes)."""
     with expected_errors():
+        from fairdiff.checks import MAX_IMAGES, MAX_STEPS, check_count, check_output_dir, check_seed
         from fairdiff.files import ensure_writable_dir
         from fairdiff.generate import GenerateConfig, check_image_size
         from fairdiff.generate import generate as run_generate
@@ -52,6 +53,10 @@ def generate(
             allow_pickle=allow_pickle,
         )
         cfg.check()
+        check_count(n, "-n", maximum=MAX_IMAGES)
+        check_count(steps, "--steps", maximum=MAX_STEPS)
+        check_seed(seed, count=n)
+        check_output_dir(out)
         ensure_writable_dir(out)
         loaded = load_pipeline(model, device=device, dtype=dtype)
         check_image_size(loaded, cfg)

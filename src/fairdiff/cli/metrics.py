@@ -39,11 +39,17 @@ def metrics(
     with expected_errors():
         import json
 
+        from fairdiff.checks import MAX_N_BOOT, check_count, check_output_file, check_seed
         from fairdiff.errors import FairdiffError
+        from fairdiff.files import write_atomic
         from fairdiff.metrics.csv_input import assess_csv
 
         if max_prompts < 0:
             raise FairdiffError(f"--max-prompts must be >= 0, got {max_prompts}")
+        check_count(n_boot, "--n-boot", maximum=MAX_N_BOOT)
+        check_seed(seed)
+        if json_out is not None:
+            check_output_file(json_out, "--json")
         result = assess_csv(
             file,
             target=target or (),
@@ -60,8 +66,11 @@ def metrics(
             payload = {"file": str(file), "shape": result.shape, "group_by": result.group_by}
             payload |= {"metrics": result.frame.to_dict()}
             payload |= {"outcome": result.outcome.to_dict() if result.outcome else None}
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(payload, indent=2) + "\n")
+            try:
+                json_out.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(json_out, (json.dumps(payload, indent=2) + "\n").encode())
+            except OSError as exc:
+                raise FairdiffError(f"--json {json_out}: cannot write ({exc.strerror or exc})") from None
         for note in result.notes:
             console.print(f"[yellow]note:[/] {note}")
         _print_metrics(result, max_prompts)

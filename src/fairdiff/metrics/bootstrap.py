@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fairdiff.checks import MAX_N_BOOT, check_seed
 from fairdiff.errors import FairdiffError
 
 
@@ -21,8 +22,9 @@ class BootstrapConfig:
     seed: int = 0
 
     def check(self) -> None:
-        if not isinstance(self.n_boot, int | np.integer) or self.n_boot < 1:
-            raise FairdiffError(f"`n_boot` must be an integer >= 1, got {self.n_boot!r}.")
+        if not isinstance(self.n_boot, int | np.integer) or not 1 <= self.n_boot <= MAX_N_BOOT:
+            raise FairdiffError(f"`n_boot` must be an integer in [1, {MAX_N_BOOT}], got {self.n_boot!r}.")
+        check_seed(int(self.seed) if isinstance(self.seed, np.integer) else self.seed, "`seed`")
         if not 0 < self.confidence < 1:
             raise FairdiffError(f"`confidence` must be in (0, 1), got {self.confidence!r}.")
 
