@@ -63,7 +63,7 @@ def main() -> None:
     try:
         times: dict[str, list[float]] = {k: [] for k in variants}
         heavy: dict[str, str] = {}
-        for name, src in variants.items():
+        for src in variants.values():
             run_once(src)  # warm the bytecode cache
         for _ in range(args.runs):  # interleaved rounds: the same disturbances hit every variant
             for name, src in variants.items():

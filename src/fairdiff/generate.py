@@ -20,9 +20,10 @@ from PIL import Image
 from fairdiff.errors import FairdiffError
 from fairdiff.files import ensure_writable_dir, write_json_atomic
 from fairdiff.images import grid
+from fairdiff.models.defaults import AUTOCAST_MODES, DEFAULT_AUTOCAST, DEFAULT_STEPS
 from fairdiff.models.loading import LoadedModel
 from fairdiff.models.prompts import split_negative_terms
-from fairdiff.models.sampling import ImageOptions, SamplingRequest, draw, effective_guidance
+from fairdiff.models.sampling import ImageOptions, SamplingRequest, autocast_used, draw, effective_guidance
 from fairdiff.provenance import library_versions, machine
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,9 @@ class GenerateConfig:
     negative: str | None = None
     n: int = 16
     seed: int = 0
-    steps: int = 25
+    steps: int = DEFAULT_STEPS
     guidance: float | None = None  # None: the pipeline's own default (tiny 3.0, SD 7.5, SDXL 5.0)
+    autocast: str = DEFAULT_AUTOCAST  # bf16 autocast: auto (where the CPU runs bf16 natively), on, off
     batch_size: int = 16
     height: int | None = None
     width: int | None = None
@@ -45,6 +47,8 @@ class GenerateConfig:
     def check(self) -> None:
         if self.n < 1:
             raise FairdiffError(f"-n must be >= 1, got {self.n}")
+        if self.autocast not in AUTOCAST_MODES:
+            raise FairdiffError(f"--autocast must be one of {', '.join(AUTOCAST_MODES)}, got {self.autocast!r}")
         if self.steps < 1:
             raise FairdiffError(f"--steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:
@@ -105,6 +109,7 @@ def generate(
             request = SamplingRequest(
                 [ImageOptions(positive, negative, seed, cfg.guidance) for seed in batch],
                 steps=cfg.steps,
+                autocast=cfg.autocast,
                 height=cfg.height,
                 width=cfg.width,
             )
@@ -133,6 +138,7 @@ def generate(
         "seeds": seeds,
         "steps": cfg.steps,
         "guidance": effective_guidance(loaded, cfg.guidance),
+        "bf16_autocast": autocast_used(loaded, cfg.autocast),
         "scheduler": {"class": type(scheduler).__name__, "config": dict(scheduler.config)},
         "device": str(loaded.pipeline.device),
         "dtype": str(getattr(loaded.pipeline, "dtype", "")),

@@ -27,6 +27,7 @@ from fairdiff.checks import check_seed
 from fairdiff.errors import FairdiffError
 from fairdiff.files import ensure_writable_dir, write_atomic, write_json_atomic
 from fairdiff.images import png_bytes
+from fairdiff.models.defaults import AUTOCAST_MODES, DEFAULT_AUTOCAST, DEFAULT_STEPS
 from fairdiff.models.sampling import ImageOptions, SamplingRequest
 
 logger = logging.getLogger(__name__)
@@ -44,14 +45,17 @@ class AuditConfig:
     images_per_prompt: int | None = None  # None: each suite's own number
     max_prompts: int | None = None  # first N prompts of each suite (quick looks)
     seed: int = 0
-    steps: int = 25
+    steps: int = DEFAULT_STEPS
     guidance: float | None = None  # None: the pipeline's default (tiny 3.0, SD 7.5)
+    autocast: str = DEFAULT_AUTOCAST  # bf16 autocast: auto (where the CPU runs bf16 natively), on, off
     batch_size: int = 32
     device: str = "cpu"
     dtype: str = "float32"
     world: str | None = None  # world config YAML for world suites' truth (None: the default world)
 
     def check(self) -> None:
+        if self.autocast not in AUTOCAST_MODES:
+            raise FairdiffError(f"--autocast must be one of {', '.join(AUTOCAST_MODES)}, got {self.autocast!r}")
         for name, v in (("--steps", self.steps), ("--batch-size", self.batch_size)):
             if v < 1:
                 raise FairdiffError(f"{name} must be >= 1, got {v}")
@@ -247,7 +251,7 @@ def run_audit(
     """Run (or resume) an audit into `out`; returns the run record (also written to `out/audit.json`)."""
     from fairdiff.detect import build_detector
     from fairdiff.models.loading import load_pipeline
-    from fairdiff.models.sampling import effective_guidance
+    from fairdiff.models.sampling import autocast_used, effective_guidance
     from fairdiff.provenance import library_versions, machine
 
     arms, suites = check_audit(cfg)
@@ -284,6 +288,7 @@ def run_audit(
         "plan": {"jobs": len(jobs), "seeds": sorted({j.seed for j in jobs}), "world_size": world_size},
         "model": {"name": loaded.name, "kind": loaded.kind, "source": loaded.source},
         "guidance": effective_guidance(loaded, cfg.guidance),
+        "bf16_autocast": autocast_used(loaded, cfg.autocast),
         "scheduler": {"class": type(loaded.pipeline.scheduler).__name__},
         "detector": detector.describe(),
         "versions": library_versions(),
@@ -327,7 +332,7 @@ def _draw(out, cfg, loaded, detector, runtime, arm_by_name, batches, rank, world
         for _, batch in todo:
             t0 = time.perf_counter()
             runtime.activate([arm_by_name[j.arm] for j in batch])
-            request = SamplingRequest([j.options(cfg.guidance) for j in batch], steps=cfg.steps)
+            request = SamplingRequest([j.options(cfg.guidance) for j in batch], steps=cfg.steps, autocast=cfg.autocast)
             pixels = sampling.draw(loaded, request)
             probs = detector(pixels)
             per_image = (time.perf_counter() - t0) / len(batch)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from fairdiff.cli.app import app, console, err_console, expected_errors, key_values
 from fairdiff.errors import FairdiffError
+from fairdiff.models.defaults import DEFAULT_AUTOCAST, DEFAULT_STEPS
 
 DEMO_NEGATIVE = "revealing clothes"
 
@@ -234,8 +235,11 @@ def audit(
     n: int = typer.Option(None, "--images-per-prompt", "-n", help="Images per prompt and arm (default: the suite's)."),
     max_prompts: int = typer.Option(None, "--max-prompts", help="Only the first N prompts of each suite."),
     seed: int = typer.Option(0, "--seed", help="Image i of every prompt and arm uses seed SEED+i."),
-    steps: int = typer.Option(25, "--steps"),
+    steps: int = typer.Option(DEFAULT_STEPS, "--steps", help="Denoising steps."),
     guidance: float = typer.Option(None, "--guidance", help="Guidance scale (default: the model's)."),
+    autocast: str = typer.Option(
+        DEFAULT_AUTOCAST, "--autocast", help="bf16 autocast: auto (on where the CPU runs bf16 natively), on, off."
+    ),
     batch_size: int = typer.Option(32, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("float32", "--dtype"),
@@ -260,6 +264,7 @@ def audit(
             seed=seed,
             steps=steps,
             guidance=guidance,
+            autocast=autocast,
             batch_size=batch_size,
             device=device,
             dtype=dtype,

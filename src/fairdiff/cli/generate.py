@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from fairdiff.cli.app import app, console, expected_errors, progress_bar
+from fairdiff.models.defaults import DEFAULT_AUTOCAST, DEFAULT_STEPS
 
 
 @app.command()
@@ -18,7 +19,10 @@ def generate(
     negative: str = typer.Option(None, "--negative", help="Negative prompt (the -terms of --prompt are appended)."),
     n: int = typer.Option(16, "-n", help="Number of images; image i uses seed SEED+i."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first image."),
-    steps: int = typer.Option(25, "--steps", help="Denoising steps."),
+    steps: int = typer.Option(DEFAULT_STEPS, "--steps", help="Denoising steps."),
+    autocast: str = typer.Option(
+        DEFAULT_AUTOCAST, "--autocast", help="bf16 autocast: auto (on where the CPU runs bf16 natively), on, off."
+    ),
     guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the model's)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
     height: int = typer.Option(None, "--height", help="Image height (SD/SDXL only)."),
@@ -45,6 +49,7 @@ def generate(
             n=n,
             seed=seed,
             steps=steps,
+            autocast=autocast,
             guidance=guidance,
             batch_size=batch_size,
             height=height,

@@ -13,6 +13,7 @@ from rich.table import Table
 from fairdiff.checks import MAX_IMAGES, check_count, check_output_file, check_seed
 from fairdiff.cli.app import app, console, expected_errors, key_values, progress_bar
 from fairdiff.errors import FairdiffError
+from fairdiff.models.defaults import AUTOCAST_MODES, DEFAULT_AUTOCAST, DEFAULT_STEPS
 
 world_app = typer.Typer(
     help="The portrait world: renders with known biases, its classifier and tiny model.", no_args_is_help=True
@@ -201,18 +202,19 @@ def world_gates(
     out: Path = typer.Option(Path("out/gates.json"), "--out", "-o", help="JSON file for the full results."),
     config: Path = typer.Option(None, "--config", "-c", help="World config YAML the model was trained on."),
     scale: float = typer.Option(1.0, "--scale", help="Multiply every sample size (0.1 for a quick look)."),
-    steps: int = typer.Option(25, "--steps"),
+    steps: int = typer.Option(DEFAULT_STEPS, "--steps", help="Denoising steps."),
+    autocast: str = typer.Option(
+        DEFAULT_AUTOCAST, "--autocast", help="bf16 autocast: auto (on where the CPU runs bf16 natively), on, off."
+    ),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device"),
     batch_size: int = typer.Option(256, "--batch-size"),
 ) -> None:
     """Measure the model's quality gates (controllability, fidelity, validity, paraphrase) with the classifier."""
     with expected_errors():
-        import json
-
-        from fairdiff.files import ensure_writable_dir
+        from fairdiff.files import ensure_writable_dir, write_json_atomic
         from fairdiff.models.loading import load_pipeline
-        from fairdiff.models.sampling import ImageOptions, SamplingRequest, draw
+        from fairdiff.models.sampling import ImageOptions, SamplingRequest, autocast_used, draw
         from fairdiff.world.classifier import load_classifier, predict_probs
         from fairdiff.world.config import load_world_config
         from fairdiff.world.gates import GateConfig, check_gate_world, run_gates
@@ -221,6 +223,8 @@ def world_gates(
             raise FairdiffError(
                 f"--scale must be > 0, --steps and --batch-size >= 1, got {scale}, {steps} and {batch_size}"
             )
+        if autocast not in AUTOCAST_MODES:
+            raise FairdiffError(f"--autocast must be one of {', '.join(AUTOCAST_MODES)}, got {autocast!r}")
         world = load_world_config(config)
         check_gate_world(world, GateConfig())  # before the model loads
         check_output_file(out)
@@ -248,7 +252,7 @@ def world_gates(
 
         def sample(prompts, seeds, guidance):
             images = [ImageOptions(p, "", s, guidance) for p, s in zip(prompts, seeds, strict=True)]
-            return draw(loaded, SamplingRequest(images, steps=cfg.steps))
+            return draw(loaded, SamplingRequest(images, steps=cfg.steps, autocast=autocast))
 
         with progress_bar() as progress:
             task = progress.add_task("gates", total=total)
@@ -259,7 +263,8 @@ def world_gates(
                 cfg,
                 on_images=lambda k: progress.advance(task, k),
             )
-        out.write_text(json.dumps({"model": model, **report.as_dict()}, indent=2) + "\n")
+        record = {"model": model, "bf16_autocast": autocast_used(loaded, autocast), **report.as_dict()}
+        write_json_atomic(out, record)
         _print_gates(report)
         console.print(f"full results in {out}")
 

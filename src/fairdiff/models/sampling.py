@@ -21,7 +21,10 @@ A `SamplingRequest` is one batch:
   `ctx.raw_for(eps)` the output that makes the pipeline form `eps`, so a guidance method adds its term with
   `return ctx.raw_for(ctx.guided() + term)`. `ctx.predict(...)` runs extra UNet passes (e.g. edit prompts)
   without re-entering the hook.
-- `autocast`: None (default, fp32 as loaded) or "bf16" (torch.autocast bfloat16 on the pipeline's device).
+- `autocast`: "auto" (default: bf16 autocast over fp32 weights on a CPU with native bf16, AVX512_BF16 or AMX; off
+  everywhere else, fp32 as loaded), "on" (bf16 autocast on the CPU whatever its support) or "off"
+  (`fairdiff.models.precision`). Images drawn with autocast differ from fp32 ones in the last grey levels, so
+  the same seed gives the same bytes on the same kind of machine, not across AVX2 and AVX-512 machines.
 
 Per-image guidance: the bundled pipeline takes a tensor of scales and draws the batch in one pass; SD/SDXL
 pipelines take one float, so `draw` splits the batch into sub-batches of equal guidance (in order of first
@@ -29,8 +32,7 @@ appearance) and puts the images back in request order. A batch whose images shar
 call with a float, exactly the call fairdiff made before the request existed, so images are byte-identical to
 it. `draw` returns uint8 images (B, H, W, 3).
 
-`effective_guidance` says which guidance scale a run used; `run_pipeline` is the old list-based call, kept as a
-thin wrapper for scripts.
+`effective_guidance` says which guidance scale a run used; `autocast_used` whether a run sampled under bf16.
 """
 
 from __future__ import annotations
@@ -45,13 +47,12 @@ import numpy as np
 
 from fairdiff.checks import check_seed
 from fairdiff.errors import FairdiffError
+from fairdiff.models.defaults import AUTOCAST_MODES, DEFAULT_AUTOCAST, DEFAULT_STEPS
 
 if TYPE_CHECKING:  # torch loads on the first draw: arms and run readers import this module for ImageOptions
     import torch
 
     from fairdiff.models.loading import LoadedModel
-
-AUTOCAST = {"bf16": "bfloat16"}  # request.autocast -> torch dtype name
 
 
 @dataclass(frozen=True)
@@ -132,13 +133,13 @@ class SamplingRequest:
     """One batch for `draw` (see the module docstring)."""
 
     images: Sequence[ImageOptions]
-    steps: int = 25
+    steps: int = DEFAULT_STEPS
     height: int | None = None
     width: int | None = None
     attention_processors: object | Mapping[str, object] | None = None
     cross_attention_kwargs: dict[str, Any] | None = None
     step_hook: StepHook | None = None
-    autocast: str | None = None
+    autocast: str = DEFAULT_AUTOCAST
 
     def check(self) -> None:
         """Raise a FairdiffError naming the first bad field."""
@@ -157,8 +158,8 @@ class SamplingRequest:
             g = opt.guidance
             if g is not None and (isinstance(g, bool) or not isinstance(g, int | float) or not np.isfinite(g) or g < 0):
                 raise FairdiffError(f"image {i}: guidance must be a finite number >= 0, got {g!r}")
-        if self.autocast is not None and self.autocast not in AUTOCAST:
-            raise FairdiffError(f"autocast must be None or one of {', '.join(AUTOCAST)}, got {self.autocast!r}")
+        if self.autocast not in AUTOCAST_MODES:
+            raise FairdiffError(f"autocast must be one of {', '.join(AUTOCAST_MODES)}, got {self.autocast!r}")
         if self.cross_attention_kwargs is not None and not isinstance(self.cross_attention_kwargs, Mapping):
             raise FairdiffError(f"cross_attention_kwargs must be a dict, got {type(self.cross_attention_kwargs)}")
 
@@ -236,6 +237,8 @@ def draw(loaded: LoadedModel, request: SamplingRequest) -> np.ndarray:
     """Draw one request on any supported pipeline: uint8 images (B, H, W, 3), image i from request.images[i]."""
     import torch
 
+    from fairdiff.models.precision import sampling_autocast
+
     request.check()
     pipe = loaded.pipeline
     unet = getattr(pipe, "unet", None)
@@ -277,12 +280,7 @@ def draw(loaded: LoadedModel, request: SamplingRequest) -> np.ndarray:
                 kwargs.pop("guidance_scale", None)  # the pipeline's own default, as every earlier release drew
             guidance = torch.tensor([x if x is not None else float("nan") for x in g], dtype=torch.float32)
             generators = [torch.Generator("cpu").manual_seed(int(opts[i].seed)) for i in idx]
-            device_type = getattr(getattr(pipe, "device", None), "type", "cpu")
-            autocast = (
-                torch.autocast(device_type, dtype=getattr(torch, AUTOCAST[request.autocast]))
-                if request.autocast
-                else contextlib.nullcontext()
-            )
+            autocast = sampling_autocast(*_device_dtype(loaded), request.autocast)
             with _installed_hook(unet, request.step_hook, idx, guidance), autocast:
                 images = pipe(
                     prompt=[opts[i].prompt for i in idx],
@@ -295,19 +293,20 @@ def draw(loaded: LoadedModel, request: SamplingRequest) -> np.ndarray:
     return np.stack(out)
 
 
-def run_pipeline(
-    loaded: LoadedModel,
-    prompts: list[str],
-    negatives: list[str],
-    seeds: list[int],
-    steps: int,
-    guidance: float | None,
-    height: int | None = None,
-    width: int | None = None,
-) -> np.ndarray:
-    """The list-based call (one guidance for the batch): `draw` of the equivalent request."""
-    images = [ImageOptions(p, n, s, guidance) for p, n, s in zip(prompts, negatives, seeds, strict=True)]
-    return draw(loaded, SamplingRequest(images, steps=steps, height=height, width=width))
+def _device_dtype(loaded: LoadedModel) -> tuple[torch.device, torch.dtype]:
+    import torch
+
+    pipe = loaded.pipeline
+    model = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    device = getattr(model, "device", None) or getattr(pipe, "device", torch.device("cpu"))
+    return torch.device(device), getattr(model, "dtype", None) or getattr(pipe, "dtype", torch.float32)
+
+
+def autocast_used(loaded: LoadedModel, mode: str = "auto") -> bool:
+    """Whether `draw` with `autocast=mode` samples `loaded` under bf16 autocast (recorded in sidecars and runs)."""
+    from fairdiff.models.precision import use_bf16_autocast
+
+    return use_bf16_autocast(*_device_dtype(loaded), mode)
 
 
 def effective_guidance(loaded: LoadedModel, guidance: float | None) -> float | None:

@@ -21,6 +21,7 @@ from fairdiff.errors import FairdiffError
 from fairdiff.metrics import normalized_bias
 from fairdiff.metrics.bootstrap import wilson_ci
 from fairdiff.metrics.quality import VALIDITY_CONFIDENCE, valid_images
+from fairdiff.models.defaults import DEFAULT_STEPS
 from fairdiff.models.tiny import DEFAULT_GUIDANCE_SCALE
 from fairdiff.world.captions import describe, fill_template
 from fairdiff.world.config import WorldConfig
@@ -45,7 +46,7 @@ class GateConfig:
     fidelity_n: int = 400  # per occupation; sampling s.e. of a share <= 0.025, so +-0.08 is > 3 s.e.
     guided_n: int = 200  # per occupation at the default guidance (a report, not a gate)
     paraphrase_n: int = 64
-    steps: int = 25
+    steps: int = DEFAULT_STEPS
     guidance: float = DEFAULT_GUIDANCE_SCALE
     batch_size: int = 256
     seed: int = 0
