@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from fairdiff.models.precision import bf16_is_native
 from fairdiff.models.tiny import build_tiny_unet
 from fairdiff.provenance import machine_line
-from fairdiff.world.train_model import bf16_is_native
 
 
 def step_seconds(bf16: bool, batch: int, repeats: int) -> float:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from fairdiff.errors import FairdiffError
 from fairdiff.files import swap_in_dir
+from fairdiff.models.precision import bf16_is_native
 from fairdiff.world.captions import sample_world
 from fairdiff.world.config import WorldConfig
 from fairdiff.world.render import render_batch
@@ -109,16 +110,6 @@ def world_batches(world: WorldConfig, cfg: TrainModelConfig, start: int) -> Iter
         finally:
             for future in pending:
                 future.cancel()
-
-
-def bf16_is_native(device: torch.device) -> bool:
-    """Whether bf16 matmuls run natively on `device` (CUDA with bf16, a CPU with avx512_bf16 or AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":  # private probes of torch.cpu; absent in a torch that lacks them: assume emulated
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-    return False
 
 
 def to_model_space(images: np.ndarray) -> torch.Tensor:
