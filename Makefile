@@ -31,6 +31,8 @@ bench: setup
 	$(BIN)/python bench/render_throughput.py
 	$(BIN)/python bench/audit_overhead.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/cli_startup.py
+	$(BIN)/python bench/sampling_speed.py speed
 
 bench-adapters: setup
 	nice -n 10 $(BIN)/python bench/adapters.py

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +16,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 import fairdiff
 from fairdiff.errors import FairdiffError
+from fairdiff.files import write_atomic
 from fairdiff.report.charts import series_colors
 from fairdiff.report.figures import suite_charts
 from fairdiff.report.grids import image_grids
@@ -68,9 +68,7 @@ def render_report(runs: list[ReportRun], out: str | Path, images_per_grid: int =
     html = environment().get_template("report.html.j2").render(**report_context(runs, images_per_grid))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        tmp.write_text(html, encoding="utf-8")
-        tmp.replace(out)
+        write_atomic(out, html.encode("utf-8"))
     except OSError as exc:
         raise FairdiffError(f"--out {out}: cannot write the report ({exc.strerror or exc})") from None
     logger.info("report written to %s (%.1f MB)", out, len(html.encode()) / 1e6)

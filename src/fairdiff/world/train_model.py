@@ -11,6 +11,7 @@ exported. `out/checkpoint.pt` (a plain dict: config, step, weights, EMA, optimiz
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import json
 import logging
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from fairdiff.errors import FairdiffError
-from fairdiff.files import swap_in_dir
+from fairdiff.files import swap_in_dir, write_atomic, write_json_atomic
 from fairdiff.models.precision import bf16_is_native
 from fairdiff.world.captions import sample_world
 from fairdiff.world.config import WorldConfig
@@ -204,6 +205,7 @@ def train_model(
     log = (out / "train.log").open("a")
 
     def save() -> None:
+        buf = io.BytesIO()
         torch.save(
             {
                 "config": asdict(cfg),
@@ -212,14 +214,14 @@ def train_model(
                 "ema": ema.state_dict(),
                 "optimizer": opt.state_dict(),
             },
-            out / "checkpoint.tmp",
+            buf,
         )
-        (out / "checkpoint.tmp").replace(ckpt_path)  # atomic: a kill mid-write leaves the old checkpoint
+        write_atomic(ckpt_path, buf.getvalue())  # a kill mid-write leaves the old checkpoint
         # the pipeline too: written aside, then swapped in, then its step recorded (a kill leaves a whole one)
         shutil.rmtree(out / "pipeline.tmp", ignore_errors=True)
         build_tiny_pipeline(ema, text=(tokenizer, text_encoder)).save_pretrained(out / "pipeline.tmp")
         swap_in_dir(out / "pipeline.tmp", out / "pipeline")
-        (out / "exported.json").write_text(json.dumps({"step": step}) + "\n")
+        write_json_atomic(out / "exported.json", {"step": step})
 
     logger.info("training on %s, bf16 autocast %s", device, "on" if bf16 else "off")
     unet.train()
