@@ -1,13 +1,18 @@
-"""tools/gpu_train/kit.py restore: a trimmed BERT (kept word rows, first position rows, xz) becomes a loadable
-full-size model that encodes kept tokens exactly as the original did."""
+"""tools/gpu_train/kit.py: `restore` makes a trimmed BERT (kept word rows, first position rows, xz) a loadable
+full-size model that encodes kept tokens exactly as the original did; the wheels travel packed and come back whole;
+the size check counts what a device call sends."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import lzma
+import subprocess
+import tarfile
+import zipfile
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save
 from transformers import BertConfig, BertModel
@@ -55,3 +60,59 @@ def test_restore_rebuilds_a_model_that_encodes_kept_tokens_exactly(tmp_path):
     weights = restored.state_dict()
     assert weights[kit.WORD_EMBEDDINGS][5].abs().sum() == 0  # a dropped row is zero
     assert weights[kit.POSITION_EMBEDDINGS].shape == (32, 16) and weights[kit.POSITION_EMBEDDINGS][6:].abs().sum() == 0
+
+
+def _wheel(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as whl:
+        for name, data in files.items():
+            whl.writestr(name, data)
+    return path
+
+
+def test_packed_wheels_come_back_with_the_same_files_and_much_smaller(tmp_path):
+    kit = _kit_module()
+    source = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(3000)).encode()
+    wheels = [
+        _wheel(tmp_path / f"pkg{n}-1.0-py3-none-any.whl", {f"pkg{n}/__init__.py": source, "pkg.dist-info/RECORD": b"r"})
+        for n in range(3)
+    ]
+    (tmp_path / "kit").mkdir()
+    kit.pack_wheels(wheels, tmp_path / "kit" / kit.WHEELS_TAR)
+    assert (tmp_path / "kit" / kit.WHEELS_TAR).stat().st_size < sum(w.stat().st_size for w in wheels) / 2
+
+    back = kit.unpack_wheels(tmp_path / "kit", tmp_path / "out")
+    assert sorted(p.name for p in back) == sorted(w.name for w in wheels)
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as a, zipfile.ZipFile(tmp_path / "out" / wheel.name) as b:
+            assert b.testzip() is None
+            assert [(i.filename, a.read(i)) for i in a.infolist()] == [(i.filename, b.read(i)) for i in b.infolist()]
+
+
+def test_unpack_refuses_a_tar_that_holds_more_than_wheels(tmp_path):
+    kit = _kit_module()
+    (tmp_path / "kit").mkdir()
+    (tmp_path / "evil").mkdir()
+    (tmp_path / "evil" / "run.sh").write_text("echo hi")
+    with tarfile.open(tmp_path / "kit" / kit.WHEELS_TAR, "w:xz") as tar:
+        tar.add(tmp_path / "evil" / "run.sh", arcname="sub/run.sh")
+    with pytest.raises(SystemExit, match="holds more than wheels"):
+        kit.unpack_wheels(tmp_path / "kit", tmp_path / "out")
+
+
+def test_check_fits_counts_tracked_and_untracked_files_but_not_ignored_ones(tmp_path):
+    kit = _kit_module()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / ".gitignore").write_text("/.gpu-kit/\n/big/\n")
+    (repo / "tracked.bin").write_bytes(b"t" * 3000)
+    subprocess.run(["git", "-C", str(repo), "add", "tracked.bin", ".gitignore"], check=True)
+    (repo / "untracked.bin").write_bytes(b"u" * 2000)
+    (repo / "big").mkdir()
+    (repo / "big" / "ignored.bin").write_bytes(b"i" * 100_000)
+    (repo / ".gpu-kit").mkdir()
+    (repo / ".gpu-kit" / "wheels.tar.xz").write_bytes(b"k" * 1000)
+    expected = 3000 + 2000 + (repo / ".gitignore").stat().st_size + 1000  # not big/
+    assert kit.check_fits(repo / ".gpu-kit", repo, limit=expected) == expected
+    with pytest.raises(SystemExit, match="over the device call's"):
+        kit.check_fits(repo / ".gpu-kit", repo, limit=expected - 1)

