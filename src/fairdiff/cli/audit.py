@@ -323,6 +323,9 @@ def report(
 def demo(
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Run directory (report.html goes here too)."),
     n: int = typer.Option(None, "-n", help="Images per prompt and arm (default: each suite's, a few minutes' worth)."),
+    autocast: str = typer.Option(
+        DEFAULT_AUTOCAST, "--autocast", help="bf16 autocast: auto (on where the CPU runs bf16 natively), on, off."
+    ),
 ) -> None:
     """The main job on the bundled default: audit the tiny model on the world suites, print, write the report.
 
@@ -349,6 +352,7 @@ def demo(
             ],
             images_per_prompt=n,
             batch_size=64,
+            autocast=autocast,
         )
         summary = run_and_summarize(cfg, out, True, "demo audit (tiny model)")
         if summary is None:  # one rank of a sharded run: audit-merge summarizes
