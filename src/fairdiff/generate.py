@@ -3,7 +3,8 @@
 Image i uses seed `seed + i` with its own CPU generator, so any image can be regenerated alone, in any batch
 size, and the same config and seed give byte-identical PNGs on the same machine. Across batch sizes the images
 agree up to the CPU's kernels, which may pick another algorithm for another batch shape (measured on an
-AVX2-only CPU: a batch of 1 vs 2-8 differs by one grey level in 1-2 pixels of some images).
+AVX2-only CPU: a batch of 1 vs 2-8 differs by one grey level in 1-2 pixels of some images; under bf16 autocast,
+the default where the CPU runs bf16 natively, by up to a few grey levels).
 """
 
 from __future__ import annotations

@@ -26,9 +26,10 @@ def test_loads_real_checkpoint_dirs_and_generates(saved_pipeline):
     hashes = loaded.weight_hashes()
     assert any(k.startswith("unet/") for k in hashes) and all(len(v) == 64 for v in hashes.values())
     doctor, nurse = ImageOptions("a doctor", "", 0, 5.0), ImageOptions("a nurse", "blurry", 1, 5.0)
-    images = draw(loaded, SamplingRequest([doctor, nurse], steps=2, height=32, width=32))
+    size = {"steps": 2, "height": 32, "width": 32, "autocast": "off"}  # fp32: batch shape changes bf16 kernels more
+    images = draw(loaded, SamplingRequest([doctor, nurse], **size))
     assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
-    again = draw(loaded, SamplingRequest([nurse], steps=2, height=32, width=32))
+    again = draw(loaded, SamplingRequest([nurse], **size))
     np.testing.assert_allclose(images[1].astype(int), again[0].astype(int), atol=1)
 
 
