@@ -21,7 +21,7 @@ from PIL import Image
 from fairdiff.errors import FairdiffError
 from fairdiff.files import ensure_writable_dir, write_json_atomic
 from fairdiff.images import grid
-from fairdiff.models.defaults import AUTOCAST_MODES, DEFAULT_AUTOCAST, DEFAULT_STEPS
+from fairdiff.models.defaults import DEFAULT_AUTOCAST, DEFAULT_STEPS, check_autocast
 from fairdiff.models.loading import LoadedModel
 from fairdiff.models.prompts import split_negative_terms
 from fairdiff.models.sampling import ImageOptions, SamplingRequest, autocast_used, draw, effective_guidance
@@ -48,8 +48,7 @@ class GenerateConfig:
     def check(self) -> None:
         if self.n < 1:
             raise FairdiffError(f"-n must be >= 1, got {self.n}")
-        if self.autocast not in AUTOCAST_MODES:
-            raise FairdiffError(f"--autocast must be one of {', '.join(AUTOCAST_MODES)}, got {self.autocast!r}")
+        check_autocast(self.autocast)
         if self.steps < 1:
             raise FairdiffError(f"--steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:

@@ -27,7 +27,7 @@ from fairdiff.checks import check_seed
 from fairdiff.errors import FairdiffError
 from fairdiff.files import ensure_writable_dir, write_atomic, write_json_atomic
 from fairdiff.images import png_bytes
-from fairdiff.models.defaults import AUTOCAST_MODES, DEFAULT_AUTOCAST, DEFAULT_STEPS
+from fairdiff.models.defaults import DEFAULT_AUTOCAST, DEFAULT_STEPS, check_autocast
 from fairdiff.models.sampling import ImageOptions, SamplingRequest
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,7 @@ class AuditConfig:
     world: str | None = None  # world config YAML for world suites' truth (None: the default world)
 
     def check(self) -> None:
-        if self.autocast not in AUTOCAST_MODES:
-            raise FairdiffError(f"--autocast must be one of {', '.join(AUTOCAST_MODES)}, got {self.autocast!r}")
+        check_autocast(self.autocast)
         for name, v in (("--steps", self.steps), ("--batch-size", self.batch_size)):
             if v < 1:
                 raise FairdiffError(f"{name} must be >= 1, got {v}")

@@ -13,7 +13,7 @@ from rich.table import Table
 from fairdiff.checks import MAX_IMAGES, check_count, check_output_file, check_seed
 from fairdiff.cli.app import app, console, expected_errors, key_values, progress_bar
 from fairdiff.errors import FairdiffError
-from fairdiff.models.defaults import AUTOCAST_MODES, DEFAULT_AUTOCAST, DEFAULT_STEPS
+from fairdiff.models.defaults import DEFAULT_AUTOCAST, DEFAULT_STEPS, check_autocast
 
 world_app = typer.Typer(
     help="The portrait world: renders with known biases, its classifier and tiny model.", no_args_is_help=True
@@ -223,8 +223,7 @@ def world_gates(
             raise FairdiffError(
                 f"--scale must be > 0, --steps and --batch-size >= 1, got {scale}, {steps} and {batch_size}"
             )
-        if autocast not in AUTOCAST_MODES:
-            raise FairdiffError(f"--autocast must be one of {', '.join(AUTOCAST_MODES)}, got {autocast!r}")
+        check_autocast(autocast)
         world = load_world_config(config)
         check_gate_world(world, GateConfig())  # before the model loads
         check_output_file(out)

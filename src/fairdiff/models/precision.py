@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from fairdiff.errors import FairdiffError
-from fairdiff.models.defaults import AUTOCAST_MODES
+from fairdiff.models.defaults import check_autocast
 
 
 def bf16_is_native(device: torch.device | str) -> bool:
@@ -35,8 +35,7 @@ def use_bf16_autocast(device: torch.device | str, dtype: torch.dtype = torch.flo
 
     "auto": only on a CPU with native bf16 and fp32 weights; "on": on a CPU whatever its bf16 support (for
     benchmarks; slow where bf16 is emulated); "off": never."""
-    if mode not in AUTOCAST_MODES:
-        raise FairdiffError(f"unknown autocast mode {mode!r}; choose one of {', '.join(AUTOCAST_MODES)}")
+    check_autocast(mode, "mode")
     device = torch.device(device)
     if mode == "off":
         return False

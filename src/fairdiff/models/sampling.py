@@ -47,7 +47,7 @@ import numpy as np
 
 from fairdiff.checks import check_seed
 from fairdiff.errors import FairdiffError
-from fairdiff.models.defaults import AUTOCAST_MODES, DEFAULT_AUTOCAST, DEFAULT_STEPS
+from fairdiff.models.defaults import DEFAULT_AUTOCAST, DEFAULT_STEPS, check_autocast
 
 if TYPE_CHECKING:  # torch loads on the first draw: arms and run readers import this module for ImageOptions
     import torch
@@ -158,8 +158,7 @@ class SamplingRequest:
             g = opt.guidance
             if g is not None and (isinstance(g, bool) or not isinstance(g, int | float) or not np.isfinite(g) or g < 0):
                 raise FairdiffError(f"image {i}: guidance must be a finite number >= 0, got {g!r}")
-        if self.autocast not in AUTOCAST_MODES:
-            raise FairdiffError(f"autocast must be one of {', '.join(AUTOCAST_MODES)}, got {self.autocast!r}")
+        check_autocast(self.autocast, "autocast")
         if self.cross_attention_kwargs is not None and not isinstance(self.cross_attention_kwargs, Mapping):
             raise FairdiffError(f"cross_attention_kwargs must be a dict, got {type(self.cross_attention_kwargs)}")
 
