@@ -14,6 +14,7 @@ changes for them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -70,6 +71,19 @@ class Arm:
     def slot_weights(self, runtime: ArmRuntime) -> list[float] | None:
         """Per-sample adapter slot weights for this arm (None: the model as loaded)."""
         return None
+
+    def model(self, runtime: ArmRuntime):
+        """The `LoadedModel` this arm draws with: the run's model, unless the arm brings its own weights
+        (a fine-tuned pipeline). Arms with different models must have different `batch_key`s."""
+        return runtime.loaded
+
+    def sampling(self, runtime: ArmRuntime, jobs: Sequence[Any]) -> AbstractContextManager[dict[str, Any]]:
+        """A context manager entered around the draw of one batch of this arm's jobs (`audit.runner.Job`s: prompt,
+        seed, image index, ...). It may change the model for the batch (a weight edit, restored on exit) and
+        yields extra `SamplingRequest` fields for it: `step_hook`, `attention_processors`,
+        `cross_attention_kwargs`. Arms that share a `batch_key` must give equal ones (the runner asks the
+        first job's arm)."""
+        return nullcontext({})
 
 
 register_arm("base")(Arm)

@@ -331,8 +331,11 @@ def _draw(out, cfg, loaded, detector, runtime, arm_by_name, batches, rank, world
         for _, batch in todo:
             t0 = time.perf_counter()
             runtime.activate([arm_by_name[j.arm] for j in batch])
-            request = SamplingRequest([j.options(cfg.guidance) for j in batch], steps=cfg.steps, autocast=cfg.autocast)
-            pixels = sampling.draw(loaded, request)
+            arm = arm_by_name[batch[0].arm]  # every arm of a batch shares its batch key: one model, one hook
+            with arm.sampling(runtime, batch) as extra:
+                options = [j.options(cfg.guidance) for j in batch]
+                request = SamplingRequest(options, steps=cfg.steps, autocast=cfg.autocast, **extra)
+                pixels = sampling.draw(arm.model(runtime), request)
             probs = detector(pixels)
             per_image = (time.perf_counter() - t0) / len(batch)
             rows = []

@@ -1,0 +1,3 @@
+"""Arm kinds: finetune (registered on import of fairdiff.audit)."""
+
+from __future__ import annotations
