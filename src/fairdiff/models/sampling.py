@@ -7,7 +7,7 @@ A `SamplingRequest` is one batch:
   `torch.Generator` (seed in [0, 2**64)), so any image can be redrawn alone in any batch size (equal up to the
   CPU kernels' choice for another batch shape). `guidance` None means the pipeline's default (tiny 3.0, SD 7.5,
   SDXL 5.0).
-- `steps`, `height`/`width` (ignored by the tiny model, which draws 32x32).
+- `steps`, `height`/`width` (None: the pipeline's default; the tiny model's is 32x32, other sizes multiples of 8).
 - `attention_processors`: one diffusers attention processor for every attention layer, or {layer name:
   processor} (names from `fairdiff.models.attention.attention_layers`); installed for the batch and restored
   after it (`fairdiff.models.attention.edit_attention`). For weight edits wrap `draw` in `edit_attention`.
@@ -252,8 +252,7 @@ def draw(loaded: LoadedModel, request: SamplingRequest) -> np.ndarray:
     scales = [o.guidance if o.guidance is not None else default for o in opts]
 
     base: dict[str, Any] = {"num_inference_steps": request.steps, "output_type": "np"}
-    if loaded.kind != "tiny":
-        base.update({k: v for k, v in (("height", request.height), ("width", request.width)) if v is not None})
+    base.update({k: v for k, v in (("height", request.height), ("width", request.width)) if v is not None})
     if request.cross_attention_kwargs is not None:
         base["cross_attention_kwargs"] = dict(request.cross_attention_kwargs)
 

@@ -8,7 +8,9 @@ tiny model and SD the same way, and `__call__` follows `StableDiffusionPipeline`
 `latents`, `prompt_embeds` and `negative_prompt_embeds`, the UNet is called once per step on cat([uncond, cond])
 under guidance, and the pipeline exposes `guidance_scale`, `do_classifier_free_guidance`, `num_timesteps` and
 `interrupt`. Two differences: guidance is off only at exactly 1 (SD: at <= 1), and `guidance_scale` may be a
-tensor with one scale per image (SD takes one float).
+tensor with one scale per image (SD takes one float). `height` / `width` (default 32, the training size) may be
+any multiples of 8: the UNet is convolutional with attention over positions it does not encode, so a 32 x 160
+canvas draws a row of five portrait-sized regions (what the regional sampler of `fairdiff.scene` uses).
 """
 
 from __future__ import annotations
@@ -93,7 +95,12 @@ class TinyPortraitPipeline(DiffusionPipeline):
         guidance_scale,
         num_images_per_prompt,
         callback_on_step_end_tensor_inputs=None,
+        height=None,
+        width=None,
     ):
+        for name, size in (("height", height), ("width", width)):
+            if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8 or size % 8):
+                raise ValueError(f"`{name}` must be a positive multiple of 8, got {size!r}.")
         if not isinstance(prompt, str | list) or (isinstance(prompt, list) and not prompt):
             raise ValueError(f"`prompt` must be a string or a non-empty list of strings, got {prompt!r}.")
         n_prompts = 1 if isinstance(prompt, str) else len(prompt)
@@ -168,6 +175,8 @@ class TinyPortraitPipeline(DiffusionPipeline):
         cross_attention_kwargs: dict | None = None,
         callback_on_step_end=None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
     ):
         """Generate images, with the call conventions of diffusers' `StableDiffusionPipeline`.
 
@@ -177,7 +186,8 @@ class TinyPortraitPipeline(DiffusionPipeline):
         i, t, tensors)` (a function, `PipelineCallback` or `MultiPipelineCallbacks`) runs after each step with the
         tensors named in `callback_on_step_end_tensor_inputs` (default ["latents"]; also "prompt_embeds", which
         under guidance is cat([negative, prompt]) as in SD, and "negative_prompt_embeds"); the dict it returns
-        replaces them. The latents of the tiny model are pixels in [-1, 1]."""
+        replaces them. The latents of the tiny model are pixels in [-1, 1]. `height` / `width` (None: the UNet's
+        `sample_size`, 32) are multiples of 8."""
         from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
@@ -191,6 +201,8 @@ class TinyPortraitPipeline(DiffusionPipeline):
             guidance_scale,
             num_images_per_prompt,
             callback_on_step_end_tensor_inputs,
+            height,
+            width,
         )
         self._guidance_scale = guidance_scale
         self._cross_attention_kwargs = cross_attention_kwargs
@@ -209,10 +221,10 @@ class TinyPortraitPipeline(DiffusionPipeline):
         shape = (
             batch,
             self.unet.config.in_channels,
-            self.unet.config.sample_size,
-            self.unet.config.sample_size,
+            height or self.unet.config.sample_size,
+            width or self.unet.config.sample_size,
         )
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (B, 3, 32, 32) pixels
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (B, 3, H, W) pixels
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         latents = latents * self.scheduler.init_noise_sigma
