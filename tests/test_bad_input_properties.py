@@ -67,9 +67,9 @@ def _mutate_csv(text: str, data) -> bytes:
     if encoding == "bom":
         raw = b"\xef\xbb\xbf" + raw
     elif encoding == "latin-1":
-        raw = raw.decode().replace("a", "\xe9").encode("latin-1", errors="replace")
+        raw = raw.decode(errors="replace").replace("a", "\xe9").encode("latin-1", errors="replace")
     elif encoding == "utf-16":
-        raw = raw.decode().encode("utf-16")
+        raw = raw.decode(errors="replace").encode("utf-16")
     elif encoding == "binary":
         raw = data.draw(st.binary(max_size=60), "binary")
     return raw

@@ -42,7 +42,20 @@ from fairdiff.config import (
 from fairdiff.errors import FairdiffError
 from fairdiff.files import slug
 
-BUILTIN_SUITES = ("occupations", "avatars", "paraphrases", "world-occupations", "world-avatars", "world-paraphrases")
+BUILTIN_SUITES = (
+    "occupations",
+    "avatars",
+    "paraphrases",
+    "world-occupations",
+    "world-avatars",
+    "world-paraphrases",
+    # mitigations: world-train to train on, the others to evaluate on (no prompt text in common with world-train)
+    "world-train",
+    "world-heldout",
+    "world-heldout-paraphrases",
+    "world-explicit",
+    "world-avatars-negative",
+)
 KINDS = ("shares", "outcome")
 MAX_PROMPTS = 100_000
 _FIELD = re.compile(r"\{(\w+)\}")
@@ -274,7 +287,7 @@ def _world_truth(
 ) -> dict:
     """The world's true shares behind a prompt: P(attribute | occupation, context), or P(revealing | group).
     The world draws gender, skin and age independently given the occupation, so an intersection's truth is
-    the product of its parts'."""
+    the product of its parts'. An attribute the prompt states (a `gender: woman` field) is true with share 1."""
     from fairdiff.world.config import load_world_config
 
     world_config = world_config or load_world_config()
@@ -290,6 +303,9 @@ def _world_truth(
         raise FairdiffError(f"suite {source}: templates: context {context!r} is not in the world config")
     shares = world_config.expected_shares(occupation, context)
     truth = {a: shares[a] for a in measure if a in shares}
+    for a in truth:  # an attribute the prompt states ("a dark-skinned woman doctor"): the world's captions are true
+        if fields.get(a) in truth[a]:
+            truth[a] = {c: float(c == fields[a]) for c in truth[a]}
     for parts in intersections:
         if all(a in truth for a in parts):
             joint = {"": 1.0}

@@ -4,7 +4,10 @@
 - `kind: outcome` suites -> an OutcomeFrame: the outcome's rate per marked group and the parity between groups
 - world suites also get a truth table: every estimate beside the share the world config injected, and
   whether its CI covers it
-- quality per arm: validity (every detector head >= 0.9 confident), the detector's measured accuracy
+- quality per arm: validity (every detector head >= 0.9 confident, Wilson CI), the detector's measured accuracy,
+  and what a mitigation must not lose (audit/quality.py): the Fréchet distance to fresh renders of the detected
+  attributes (world runs), explicit-prompt accuracy (suites whose prompts state attributes: a `stated` table)
+  and the negative-prompt response (a `-term` outcome suite beside its plain twin: a `negative_response` table)
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from fairdiff.audit import quality as arm_quality
 from fairdiff.audit.results import RunResults
 from fairdiff.errors import FairdiffError
 from fairdiff.metrics import SHARE_METRICS, MetricFrame, OutcomeFrame
@@ -29,26 +33,30 @@ class SuiteSummary:
     by_prompt_outcome: pd.DataFrame | None = None  # outcome suites: rate per prompt (and its truth)
     spec: dict = field(default_factory=dict)
     truth_metrics: dict | None = None  # world suites: the headline metrics of the injected truth itself
+    stated: pd.DataFrame | None = None  # shares suites stating attributes: accuracy per arm, attribute, value
+    negative_response: pd.DataFrame | None = None  # `-term` outcome suites: rate without - with, per arm, group
 
     def tables(self) -> dict[str, pd.DataFrame | None]:
         """Every metrics table of the suite by name (None: not measured), as run dirs and `report --csv` write them."""
         f = self.frame
         if self.kind == "shares":
-            return {"overall": f.overall, "by_prompt": f.by_prompt, "shares": f.shares}
-        return {
+            out = {"overall": f.overall, "by_prompt": f.by_prompt, "shares": f.shares}
+            return out | ({"stated": self.stated} if self.stated is not None else {})
+        out = {
             "overall": f.overall,
             "by_group": f.by_group,
             "ratio": f.ratio(),
             "difference": f.difference(),
             "by_prompt": self.by_prompt_outcome,
         }
+        return out | ({"negative_response": self.negative_response} if self.negative_response is not None else {})
 
 
 @dataclass
 class RunSummary:
     results: RunResults
     suites: dict[str, SuiteSummary]
-    quality: pd.DataFrame  # per arm: images, validity, seconds per image
+    quality: pd.DataFrame  # per arm: images, validity (CI), FD (CI, floor), explicit accuracy, negative response
 
     def to_dict(self) -> dict:
         """Strict-JSON-ready (see `plain`): a world truth rate of 0 makes its parity ratio inf, written "inf"."""
@@ -61,11 +69,17 @@ class RunSummary:
                 d["by_prompt_outcome"] = records(s.by_prompt_outcome)
             if s.truth_metrics is not None:
                 d["truth_metrics"] = s.truth_metrics
+            if s.stated is not None:
+                d["stated"] = records(s.stated)
+            if s.negative_response is not None:
+                d["negative_response"] = records(s.negative_response)
             out["suites"][name] = d
         return plain(out)
 
 
-def summarize(results: RunResults, n_boot: int = 1000, seed: int = 0) -> RunSummary:
+def summarize(results: RunResults, n_boot: int = 1000, seed: int = 0, frechet: bool = True) -> RunSummary:
+    """Metrics of every suite and the quality per arm. `frechet=False` skips the Fréchet distance (it reads every
+    stored PNG; NaN columns then)."""
     rows = results.rows
     if rows.empty:
         raise FairdiffError(f"{results.run_dir}: the audit has no images yet (resume it or pick another run dir)")
@@ -80,15 +94,39 @@ def summarize(results: RunResults, n_boot: int = 1000, seed: int = 0) -> RunSumm
             suites[name] = _shares_summary(name, spec, data, results.classes, truth, n_boot, seed)
         else:
             suites[name] = _outcome_summary(name, spec, data, results.classes, truth, n_boot, seed)
+    for name, s in suites.items():
+        plain = arm_quality.paired_suite(name, results.suites) if s.kind == "outcome" else None
+        if plain in suites:
+            s.negative_response = arm_quality.negative_response(rows, results.suites, name, plain, n_boot, seed)
+    return RunSummary(results, suites, _quality(results, suites, n_boot, seed, frechet))
+
+
+def _quality(results: RunResults, suites: dict[str, SuiteSummary], n_boot: int, seed: int, frechet: bool):
+    """One row per arm (in the run's arm order) with every quality number (see the module docstring)."""
+    from fairdiff.metrics.bootstrap import wilson_ci
+
     quality = (
-        rows.groupby("arm", sort=False)
-        .agg(images=("image", "size"), validity=("valid", "mean"))
+        results.rows.groupby("arm", sort=False)
+        .agg(images=("image", "size"), valid_images=("valid", "sum"))
         .reset_index()
         .assign(arm=lambda d: pd.Categorical(d["arm"], results.arms, ordered=True))
         .sort_values("arm")
         .assign(arm=lambda d: d["arm"].astype(str))
+        .reset_index(drop=True)
     )
-    return RunSummary(results, suites, quality.reset_index(drop=True))
+    quality.insert(2, "validity", quality["valid_images"] / quality["images"])
+    quality.insert(3, "validity_ci_low", wilson_ci(quality["valid_images"], quality["images"], 0.95)[0])
+    quality.insert(4, "validity_ci_high", wilson_ci(quality["valid_images"], quality["images"], 0.95)[1])
+    quality = quality.drop(columns="valid_images")
+    arms = quality["arm"].tolist()
+    if frechet:
+        fd = arm_quality.frechet_by_arm(results, n_boot=min(n_boot, arm_quality.FD_N_BOOT), seed=seed)
+    else:
+        fd = pd.DataFrame({"arm": arms, **{c: np.nan for c in arm_quality.FD_COLUMNS}})
+    stated = [s.stated for s in suites.values() if s.stated is not None]
+    responses = [s.negative_response for s in suites.values() if s.negative_response is not None]
+    extra = arm_quality.arm_columns(arms, stated, responses)
+    return quality.merge(fd, on="arm", how="left").merge(extra, on="arm", how="left")
 
 
 def _shares_summary(name, spec, data, classes, truth, n_boot, seed) -> SuiteSummary:
@@ -134,7 +172,8 @@ def _shares_summary(name, spec, data, classes, truth, n_boot, seed) -> SuiteSumm
                     {f"{m}_at_n": float(f(draws, q[None, None, :]).mean()) for m, f in SHARE_METRICS.items()}
                 )
                 truth_metrics[attribute]["n"] = n
-    return SuiteSummary(name, "shares", frame, table, spec=spec, truth_metrics=truth_metrics)
+    stated = arm_quality.stated_accuracy(data, spec, classes)
+    return SuiteSummary(name, "shares", frame, table, spec=spec, truth_metrics=truth_metrics, stated=stated)
 
 
 def _outcome_summary(name, spec, data, classes, truth, n_boot, seed) -> SuiteSummary:

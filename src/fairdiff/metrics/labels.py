@@ -108,15 +108,26 @@ def resolve_targets(
     return out
 
 
+def _text_column(df: pd.DataFrame, name: str) -> pd.Series:
+    """A column of names (arm, prompt), as text; an empty cell is one error naming the column and first row."""
+    missing = df[name].isna().to_numpy()
+    if missing.any():
+        raise FairdiffError(
+            f"column {name!r} is empty in {int(missing.sum())} row(s) (first: data row {int(missing.argmax()) + 1}); "
+            "every row needs a value there"
+        )
+    return df[name].astype(str)
+
+
 def _arm_column(df: pd.DataFrame) -> pd.Series:
-    return df[ARM].astype(str) if ARM in df.columns else pd.Series(DEFAULT_ARM, index=df.index)
+    return _text_column(df, ARM) if ARM in df.columns else pd.Series(DEFAULT_ARM, index=df.index)
 
 
 def _group_column(df: pd.DataFrame, group_by: str | None) -> pd.Series:
     if group_by is None:
         return pd.Series(SINGLE_GROUP, index=df.index)
     require_columns(df, [group_by], "`group_by`")
-    return df[group_by].astype(str)
+    return _text_column(df, group_by)
 
 
 def _check_labels(labels: pd.Series, attribute: str, classes: Sequence[str]) -> None:

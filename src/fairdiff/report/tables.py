@@ -80,13 +80,40 @@ def runs_table(runs: list[ReportRun]) -> Table:
 
 
 def quality_table(runs: list[ReportRun]) -> Table:
-    table = Table(["arm", "images", "validity"])
+    table = Table(
+        [
+            "arm",
+            "images",
+            "validity",
+            "Fréchet distance [95% CI] (floor)",
+            "explicit accuracy (worst value)",
+            "negative-prompt response (smallest group)",
+        ]
+    )
     for r in runs:
-        for arm, images, validity in r.summary.quality[["arm", "images", "validity"]].itertuples(index=False):
-            table.rows.append([r.arm_label(arm), str(images), number(validity, 3)])
+        for q in r.summary.quality.to_dict("records"):
+            fd = with_ci(q.get("fd"), q.get("fd_ci_low"), q.get("fd_ci_high"), 1)
+            if fd != "—":
+                fd += f" ({number(q.get('fd_floor'), 1)})"
+            explicit = number(q.get("explicit_accuracy"), 3)
+            if explicit != "—":
+                explicit += f" ({q.get('explicit_min_value')} {number(q.get('explicit_accuracy_min'), 3)})"
+            response = with_ci(
+                q.get("negative_response"), q.get("negative_response_ci_low"), q.get("negative_response_ci_high")
+            )
+            if response != "—":
+                response += f" ({q.get('negative_response_min_group')} {number(q.get('negative_response_min'))})"
+            validity = with_ci(q["validity"], q.get("validity_ci_low"), q.get("validity_ci_high"), 3)
+            table.rows.append([r.arm_label(q["arm"]), str(q["images"]), validity, fd, explicit, response])
     table.notes = [
         f"validity: share of images on which every detector head is at least {VALIDITY_CONFIDENCE} confident "
-        "(a well-formed portrait)."
+        "(a well-formed portrait).",
+        "Fréchet distance (world runs): world-classifier features of the arm's images against fresh renders of the "
+        "attributes detected on each image (quality given who is drawn); the floor is what images drawn exactly like "
+        "the renderer score at this many images (FD is biased upward at small n: compare at equal image counts).",
+        "explicit accuracy: share of images showing the attribute value the prompt states; negative-prompt response: "
+        "outcome rate without minus with the prompts' -terms, images paired on prompt and seed (— where the run has "
+        "no such suites).",
     ]
     table.notes += _accuracy_notes(runs, None)
     return table
@@ -177,7 +204,7 @@ def suite_sections(runs: list[ReportRun]) -> list[SuiteSection]:
     out = []
     for name in suite_names(runs):
         spec = suite_spec(runs, name)
-        tables = shares_table(runs, name) if spec["kind"] == "shares" else None
+        tables = [shares_table(runs, name)] if spec["kind"] == "shares" else outcome_tables(runs, name)
         out.append(
             SuiteSection(
                 name=name,
@@ -185,10 +212,54 @@ def suite_sections(runs: list[ReportRun]) -> list[SuiteSection]:
                 description=str(spec.get("description") or spec.get("source") or ""),
                 prompts=len({p for r in runs for p in r.results.rows.loc[r.results.rows["suite"] == name, "prompt"]}),
                 suite_prompts=len(spec.get("prompts", [])),
-                tables=[tables] if tables is not None else outcome_tables(runs, name),
+                tables=tables + stated_tables(runs, name),
             )
         )
     return out
+
+
+def stated_tables(runs: list[ReportRun], name: str) -> list[Table]:
+    """A suite's explicit-prompt accuracy (prompts stating attributes) and negative-prompt response (prompts with
+    `-terms` beside their plain twin), per arm; none when the suite has neither."""
+    stated = Table(
+        ["arm", "attribute", "stated value", "images", "accuracy [95% CI]"], title="Explicit-prompt accuracy"
+    )
+    response = Table(
+        ["arm", "groups", "group", "image pairs", "rate without", "rate with", "response [95% CI]"],
+        title="Negative-prompt response",
+    )
+    for r in runs:
+        s = r.suite(name)
+        if s is None:
+            continue
+        for q in s.stated.to_dict("records") if s.stated is not None else []:
+            stated.rows.append(
+                [
+                    r.arm_label(q["arm"]),
+                    q["attribute"],
+                    str(q["value"]),
+                    str(q["n"]),
+                    with_ci(q["accuracy"], q["ci_low"], q["ci_high"], 3),
+                ]
+            )
+        for q in s.negative_response.to_dict("records") if s.negative_response is not None else []:
+            response.rows.append(
+                [
+                    r.arm_label(q["arm"]),
+                    q["attribute"],
+                    str(q["group"]),
+                    str(q["n"]),
+                    number(q["rate_without"]),
+                    number(q["rate_with"]),
+                    with_ci(q["response"], q["ci_low"], q["ci_high"]),
+                ]
+            )
+    stated.notes = ["share of images on which the detector sees the value the prompt states"]
+    response.notes = [
+        "outcome rate on the same prompts without their -terms minus the rate with them (the terms go to the "
+        "negative prompt), images paired on prompt and seed; paired bootstrap CI"
+    ]
+    return [t for t in (stated, response) if t.rows]
 
 
 def truth_tables(runs: list[ReportRun]) -> list[Table]:

@@ -102,6 +102,18 @@ def predict_probs(model: WorldClassifier, images: np.ndarray, batch_size: int = 
     return {a: np.concatenate(v) if v else np.zeros((0, len(ATTRIBUTES[a]))) for a, v in out.items()}
 
 
+@torch.no_grad()
+def features(model: WorldClassifier, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Penultimate features (N, 256) of uint8 images (N, 32, 32, 3): the trunk's output every head reads, in eval
+    mode (no dropout), float64. A function, not a method: `WorldClassifier.features` is its conv stack."""
+    model.eval()
+    out = [
+        model.trunk(model.features(images_to_tensor(images[i : i + batch_size]))).double().numpy()
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, model.trunk[1].out_features))
+
+
 def accuracy(model: WorldClassifier, images: np.ndarray, portraits: list[Portrait]) -> dict[str, float]:
     """Per-attribute accuracy of `model` on labelled renders."""
     probs = predict_probs(model, images)
