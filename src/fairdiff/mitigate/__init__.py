@@ -6,3 +6,5 @@
   2024; or plain diffusion loss on balanced world renders) and the same recipe as a full fine-tune of W.
 - `fairdiff.mitigate.guidance`: Fair Diffusion-style semantic guidance through the sampling seam's step hook.
 """
+
+from fairdiff.mitigate import align, balanced  # noqa: F401, E402  (each registers its training method)
