@@ -77,7 +77,7 @@ def main() -> int:
             rows = [r for r in overall if r["arm"] == arm and r["attribute"] == a]
             cells.append(_ci(rows[0], *_keys(rows[0])) if rows else "-")
         q = quality.get(arm, {})
-        fd = f"{_f(q.get('fd'), 1)} [{_f(q.get('fd_ci_low'), 1)}, {_f(q.get('fd_ci_high'), 1)}] ({_f(q.get('fd_floor'), 1)})"
+        fd = _fd(q)
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {_f(q.get('validity'))} | {fd} |")
     lines.append("")
     if keep is not None:
@@ -86,6 +86,11 @@ def main() -> int:
     args.out.write_text("\n".join(lines) + "\n")
     print(args.out)
     return 0
+
+
+def _fd(q: dict) -> str:
+    low, high, floor = (_f(q.get(k), 1) for k in ("fd_ci_low", "fd_ci_high", "fd_floor"))
+    return f"{_f(q.get('fd'), 1)} [{low}, {high}] ({floor})"
 
 
 def _keys(row: dict) -> tuple[str, str, str]:
@@ -122,7 +127,8 @@ def _must_keep(keep: dict, arms: list[str]) -> list[str]:
         explicit = (
             f"{_f(q.get('explicit_accuracy'))} ({_f(q.get('explicit_accuracy_min'))} {q.get('explicit_min_value', '')})"
         )
-        neg = f"{_f(q.get('negative_response'))} ({_f(q.get('negative_response_min'))} {q.get('negative_response_min_group', '')})"
+        neg_min = f"{_f(q.get('negative_response_min'))} {q.get('negative_response_min_group', '')}"
+        neg = f"{_f(q.get('negative_response'))} ({neg_min})"
         lines.append(
             f"| {arm} | {lo_hi} | {gap} | {explicit} | {neg} | {_f(q.get('validity'))} | {_f(q.get('fd'), 1)} |"
         )
