@@ -79,6 +79,15 @@ def _run(cfg, model: str, out: Path, suite: str) -> None:
     )
 
 
+def _train(mode: str, model: str, out: Path, suite: str, mix: list[str], method_option: list[str], **fields) -> None:
+    """The config of `lora` / `finetune` from their options (the rest of MitigateConfig's fields), then the run."""
+    from fairdiff.mitigate.training import MitigateConfig
+
+    options = key_values(method_option, "--method-option")
+    cfg = MitigateConfig(mode=mode, mix=parse_train_mix(mix), train_suite=suite, method_options=options, **fields)
+    _run(cfg, model, out, suite)
+
+
 @mitigate_app.command("lora")
 def lora(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory: adapter/, card.json, train.jsonl, checkpoint."),
@@ -102,28 +111,27 @@ def lora(
 ) -> None:
     """Train a fairness LoRA (resumable: rerun the same command to continue); writes a PEFT adapter."""
     with expected_errors():
-        from fairdiff.mitigate.training import MitigateConfig
-
-        cfg = MitigateConfig(
+        extra = {"rank": rank, "alpha": float(rank if alpha is None else alpha)}
+        _train(
+            "lora",
+            model,
+            out,
+            suite,
+            mix,
+            method_option,
             method=method,
-            mode="lora",
             target=target,
-            rank=rank,
-            alpha=float(rank if alpha is None else alpha),
             lr=lr,
             steps=steps,
             batch_size=batch_size,
             seed=seed,
-            mix=parse_train_mix(mix),
-            train_suite=suite,
             sample_steps=sample_steps,
             checkpoint_every=checkpoint_every,
             autocast=autocast,
-            method_options=key_values(method_option, "--method-option"),
             device=device,
             dtype=dtype,
+            **extra,
         )
-        _run(cfg, model, out, suite)
 
 
 @mitigate_app.command("finetune")
@@ -147,23 +155,22 @@ def finetune(
 ) -> None:
     """Fine-tune the full weights of the same modules with the same recipe; writes a pipeline directory."""
     with expected_errors():
-        from fairdiff.mitigate.training import MitigateConfig
-
-        cfg = MitigateConfig(
+        _train(
+            "finetune",
+            model,
+            out,
+            suite,
+            mix,
+            method_option,
             method=method,
-            mode="finetune",
             target=target,
             lr=lr,
             steps=steps,
             batch_size=batch_size,
             seed=seed,
-            mix=parse_train_mix(mix),
-            train_suite=suite,
             sample_steps=sample_steps,
             checkpoint_every=checkpoint_every,
             autocast=autocast,
-            method_options=key_values(method_option, "--method-option"),
             device=device,
             dtype=dtype,
         )
-        _run(cfg, model, out, suite)
