@@ -13,7 +13,18 @@ from fairdiff.models.random_pipelines import tiny_sd_pipeline, tiny_sdxl_pipelin
 from fairdiff.models.sampling import ImageOptions, SamplingRequest, draw
 from fairdiff.models.tiny import build_tiny_pipeline, build_tiny_unet
 from fairdiff.scene.layout import Layout
-from fairdiff.scene.regional import BoxTokens, RegionalAttnProcessor, draw_layouts, owner_map
+from fairdiff.scene.regional import (
+    BoxTokens,
+    CellFold,
+    RegionalAttnProcessor,
+    cell_grid,
+    cell_layouts,
+    draw_layouts,
+    layout_images,
+    owner_map,
+    regional_fields,
+    training_size,
+)
 
 
 def _layout(boxes, prompts=None, priorities=None, base="", width=32, height=32, negatives=None) -> Layout:
@@ -162,3 +173,109 @@ def test_default_bundled_images_are_byte_identical_to_before():
         for size in ({}, {"height": 32, "width": 32}):
             out = draw(loaded, SamplingRequest(images, steps=4, autocast=autocast, **size))
             assert hashlib.sha256(out.tobytes()).hexdigest() == BEFORE[key], (autocast, size)
+
+
+# ------------------------------------------------------------------------------------------- the cell fold
+
+
+def _row(prompts, base="a photo of people", cell=32, margin=0.0625, negatives=None) -> Layout:
+    k = len(prompts)
+    boxes = [((i + margin) / k, margin, (i + 1 - margin) / k, 1 - margin) for i in range(k)]
+    return _layout(boxes, prompts=prompts, base=base, width=cell * k, height=cell, negatives=negatives)
+
+
+def test_cell_grid_needs_every_box_inside_one_training_size_square():
+    assert cell_grid([_row(["a", "b", "c", "d", "e"])], (8, 40), 8) == (1, 5)  # 32 x 160 pixels -> 8 x 40 at 1/4
+    assert cell_grid([_row(["a", "b"])], (32, 64), 32) == (1, 2)
+    spanning = _layout([(0, 0, 0.5, 1), (0.4, 0, 1, 1)], width=64)  # box 1 crosses x = 0.5
+    assert cell_grid([_row(["a", "b"]), spanning], (32, 64), 32) is None
+    assert cell_grid([_row(["a", "b"])], (32, 64), 24) is None  # 64 is no multiple of 24
+    assert cell_grid([_layout([(0, 0, 1, 1)])], (32, 32), 32) is None  # one square: nothing to fold
+    assert cell_grid([_row(["a", "b"])], (32, 64), None) is None
+    grid = _layout([(0.5, 0.5, 1, 1), (0, 0, 0.5, 0.5)], width=64, height=64)
+    assert cell_grid([grid], (64, 64), 32) == (2, 2)
+
+
+def test_cell_layouts_put_each_box_in_its_square_coordinates():
+    lay = _layout([(0.5, 0.5, 0.75, 1), (0.125, 0, 0.5, 0.25)], prompts=["x", "y"], width=64, height=64)
+    tiles = cell_layouts([lay], 2, 2)  # squares row-major: (0,0) (0,1) (1,0) (1,1)
+    assert [len(t.people) for t in tiles] == [1, 0, 0, 1]
+    assert tiles[0].people[0].prompt == "y" and tiles[0].people[0].box == (0.25, 0.0, 1.0, 0.5)
+    assert tiles[3].people[0].prompt == "x" and tiles[3].people[0].box == (0.0, 0.0, 0.5, 1.0)
+    assert (tiles[0].canvas.width, tiles[0].canvas.height) == (32, 32)
+
+
+def test_fold_and_unfold_follow_the_cell_layouts_order():
+    fold = CellFold(2, 3)
+    x = torch.arange(2 * 2 * 4 * 6, dtype=torch.float32).reshape(2, 2, 4, 6)  # (B, C, H, W), squares 2 x 2
+    folded = fold.fold(x)
+    assert folded.shape == (12, 2, 2, 2)
+    for b in range(2):
+        for r in range(2):
+            for c in range(3):
+                assert torch.equal(folded[b * 6 + r * 3 + c], x[b, :, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2])
+    assert torch.equal(fold.unfold(folded, 2), x)
+
+
+def _square(image: np.ndarray, row: int, col: int, cell: int) -> np.ndarray:
+    return image[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell]
+
+
+@pytest.mark.parametrize(
+    ("options", "independent"), [({}, True), ({"cells": "off"}, False), ({"fold_until": 0.5}, False)]
+)
+def test_folded_squares_are_drawn_as_images_of_their_own(tiny, options, independent):
+    """Folded, a square's pixels do not depend on another square's prompt; the whole canvas (or its late steps)
+    mixes them. The UNet's forward is its own again afterwards."""
+    one = _row(["a photo of the face of a light-skinned man", "a photo of the face of a dark-skinned woman"])
+    two = _row(["a photo of the face of a light-skinned man", "a photo of the face of an old man"])
+    got = [draw_layouts(tiny, [lay], [5], steps=3, autocast="off", **options)[0] for lay in (one, two)]
+    assert np.array_equal(_square(got[0], 0, 0, 32), _square(got[1], 0, 0, 32)) == independent
+    assert not np.array_equal(_square(got[0], 0, 1, 32), _square(got[1], 0, 1, 32))
+    assert "forward" not in vars(tiny.pipeline.unet)
+
+
+def test_folded_squares_on_random_sd_and_sdxl():
+    """SD / SDXL: the squares are the UNet's sample_size (16 latents = 32 pixels); batch-shaped inputs such as
+    SDXL's added_cond_kwargs follow the fold, a step hook sees the whole canvas, and each square's prediction
+    depends on its own prompt only (compared on the UNet output: the VAE decoder's attention spans the canvas)."""
+    quads = [(0, 0, 0.5, 0.5), (0.5, 0, 1, 0.5), (0, 0.5, 0.5, 1), (0.5, 0.5, 1, 1)]
+    for kind, pipe in (("sd", tiny_sd_pipeline(seed=0)), ("sdxl", tiny_sdxl_pipeline(seed=0))):
+        loaded = _loaded(pipe, kind)
+        assert cell_grid([_layout(quads)], (32, 32), training_size(pipe.unet)) == (2, 2)
+        preds = []
+        for last in ("grey", "pink"):
+            lay = _layout(quads, prompts=["red", "blue", "green", last], base="a room", width=64, height=64)
+            seen = []
+            with regional_fields(loaded, [lay, lay]) as fields:
+                images = layout_images([lay, lay], [0, 1], guidance=5.0)
+                hook = seen.append  # the StepContext of every UNet forward
+                out = draw(loaded, SamplingRequest(images, steps=1, height=64, width=64, step_hook=hook, **fields))
+            seen = [ctx.noise_pred for ctx in seen]
+            assert out.shape == (2, 64, 64, 3) and seen[0].shape == (4, 4, 32, 32), kind  # [uncond; cond] latents
+            preds.append(seen[0])
+        assert torch.equal(preds[0][..., :16, :16], preds[1][..., :16, :16]), kind
+        assert not torch.equal(preds[0][..., 16:, 16:], preds[1][..., 16:, 16:]), kind
+
+
+def test_regional_options_are_checked(tiny):
+    lay = _row(["a", "b"])
+    for options, message in (
+        ({"cells": "on"}, "cells must be one of: auto, off"),
+        ({"fold_until": 0}, r"fold_until must be a number in \(0, 1\]"),
+        ({"base_in_boxes": "no"}, "base_in_boxes must be true or false"),
+    ):
+        with pytest.raises(FairdiffError, match=message):
+            draw_layouts(tiny, [lay], [0], steps=1, **options)
+
+
+def test_base_in_boxes_false_keeps_the_base_out_of_boxed_pixels():
+    lay = _layout([(0, 0, 0.5, 1)], base="a base")
+    tokens = BoxTokens(*torch.zeros(2, 1, 1, 2, 6))
+    for base_in_boxes, boxed_sees_base in ((True, True), (False, False)):
+        proc = RegionalAttnProcessor([lay], tokens, size=(1, 2), base_in_boxes=base_in_boxes)
+        mask = proc.mask(2, 2, 3, torch.float32, "cpu")  # (rows, 1, 2 pixels, 3 base + 2 box keys)
+        allowed = torch.isfinite(mask[:, 0])
+        assert allowed[1, 0, :3].all().item() == boxed_sees_base  # cond row, boxed pixel, base keys
+        assert allowed[1, 1, :3].all() and not allowed[1, 1, 3:].any()  # the pixel in no box: base only
+        assert allowed[1, 0, 3:].all()
