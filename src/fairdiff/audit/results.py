@@ -1,7 +1,9 @@
 """Read an audit run dir back: per-image rows as a DataFrame, metrics per suite and arm, exports.
 
 Labels are the detector's argmax per attribute (the metrics count images assigned to each class); each row
-keeps the full probabilities too. Metrics are recomputed from the stored probabilities on every read, so a
+keeps the full probabilities too. Group-scene images (audit/arms_scene.py) add `adherence`, `people_judged`,
+`people_as_planned`, `mix_error`, `mix_error_<attribute>`, `planned_by` and `scene_people` (JSON: per person the
+box, planned and detected attributes). Metrics are recomputed from the stored probabilities on every read, so a
 report of a resumed or merged run always matches its store.
 """
 
@@ -128,9 +130,9 @@ def check_record(record, config: Path) -> None:
         for prompt in suite.prompts:
             if prompt.id not in truth or any(a not in truth[prompt.id] for a in needed):
                 raise FairdiffError(f"{config}: truth.{suite.name}.{prompt.id}: missing (or without {needed})")
-    kinds = {s.kind for s in parsed.suites} - {"shares", "outcome"}
+    kinds = {s.kind for s in parsed.suites} - {"shares", "outcome", "group"}
     if kinds:
-        raise FairdiffError(f"{config}: suites: unknown kind(s) {sorted(kinds)}; expected shares or outcome")
+        raise FairdiffError(f"{config}: suites: unknown kind(s) {sorted(kinds)}; expected shares, outcome or group")
 
 
 @dataclass
@@ -174,6 +176,26 @@ def load_run(run_dir: str | Path) -> RunResults:
     return RunResults(run_dir, record, rows, suites)
 
 
+SCENE_COLUMNS = ("planned_by", "adherence", "people_judged", "people_as_planned", "mix_error")
+
+
+def scene_columns(job_key: str, scene: dict) -> dict:
+    """The row columns of one stored scene record (see the module docstring); a damaged record is one error."""
+    try:
+        out = {c: scene[c] for c in SCENE_COLUMNS}
+        out |= {f"mix_error_{a}": float(v) for a, v in scene["mix_error_by_attribute"].items()}
+        people = [{k: p[k] for k in ("id", "box", "planned", "detected", "as_planned")} for p in scene["people"]]
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise FairdiffError(f"run dir: job {job_key!r}: damaged scene record ({type(exc).__name__}: {exc})") from None
+    for c in ("adherence", "mix_error"):
+        if out[c] is not None and not isinstance(out[c], int | float):
+            raise FairdiffError(f"run dir: job {job_key!r}: scene record {c} is {out[c]!r}, not a number")
+    out["adherence"] = np.nan if out["adherence"] is None else float(out["adherence"])
+    out["mix_error"] = np.nan if out["mix_error"] is None else float(out["mix_error"])
+    out["scene_people"] = json.dumps(people, separators=(",", ":"))
+    return out
+
+
 def rows_frame(rows, record: dict, suites: dict[str, dict]) -> pd.DataFrame:
     """One row per image: ids, prompt fields, label + confidence per attribute, outcomes, probabilities."""
     classes = record["detector"]["classes"]
@@ -209,5 +231,7 @@ def rows_frame(rows, record: dict, suites: dict[str, dict]) -> pd.DataFrame:
             attr, cls = rule.split("=")
             if attr in d:
                 d[name] = d[attr] == cls
+        if r.scene is not None:
+            d.update(scene_columns(r.job_key, r.scene))
         out.append(d)
     return pd.DataFrame(out)

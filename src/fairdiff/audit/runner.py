@@ -5,6 +5,10 @@ The plan is a deterministic list of jobs, suite x prompt x arm x seed, each with
 same noise. Under `torchrun`/`accelerate launch` (RANK, WORLD_SIZE set) rank r takes every WORLD_SIZE-th batch
 and writes its own store; readers union the shards (`fairdiff audit merge` folds them into one file).
 `resume=True` skips every job already in the store, so a killed run loses and duplicates nothing.
+
+Group scenes (audit/arms_scene.py): a job of a planner arm, or of any arm in a `kind: group` suite, carries the
+layout it is drawn from or measured against; it is drawn on that layout's canvas (batches hold one canvas size:
+the size is part of the batch key) and its verification (the detector on every box crop) is stored beside its row.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fairdiff.audit.arms import Arm, ArmRuntime, arm_from_spec, check_arms
+from fairdiff.audit.arms_scene import scene_layout, scene_record
 from fairdiff.audit.store import SCHEMA_VERSION, ImageRow, Store, store_files, store_path
 from fairdiff.audit.suites import Suite, load_suite
 from fairdiff.checks import check_seed
@@ -105,6 +111,14 @@ class Job:
     negative: str
     guidance: float | None = None  # the arm's; None: the run's (cfg.guidance, else the pipeline's default)
     index: int = 0  # image index within the prompt and arm
+    layout: Any = field(default=None, hash=False)  # group scenes: the `Layout` drawn (planner arms) or measured
+    # against (other arms in a `kind: group` suite); pydantic models do not hash, so it is left out of the hash
+    planned_by: str = ""  # "arm" | "reference" (see audit/arms_scene.py), "" without a layout
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(height, width) of the image: the layout's canvas; None: the pipeline's default."""
+        return None if self.layout is None else (self.layout.canvas.height, self.layout.canvas.width)
 
     def options(self, run_guidance: float | None) -> ImageOptions:
         """The sampling options of this image, the run's guidance filled in."""
@@ -114,7 +128,8 @@ class Job:
 
 def build_plan(suites: list[Suite], arms: list[Arm], cfg: AuditConfig) -> list[Job]:
     """Suite x prompt x arm x image index, in that order; image i has the plan seed `cfg.seed + i`, and the arm
-    says what it is drawn with (`Arm.image_options`). Keys are `suite/prompt/arm/seed`, with the seed drawn."""
+    says what it is drawn with (`Arm.image_options`). Keys are `suite/prompt/arm/seed`, with the seed drawn.
+    Group-scene jobs get their layout (`arms_scene.scene_layout`: image i of the prompt's n, run seed `cfg.seed`)."""
     jobs, keys = [], set()
     for suite in suites:
         n = cfg.images_per_prompt or suite.images_per_prompt
@@ -127,17 +142,21 @@ def build_plan(suites: list[Suite], arms: list[Arm], cfg: AuditConfig) -> list[J
                     if key in keys:
                         raise FairdiffError(f"arm {arm.name} gives two images of prompt {p.id} the seed {opts.seed}")
                     keys.add(key)
-                    job = Job(key, suite.name, p.id, arm.name, opts.seed, opts.prompt, opts.negative, opts.guidance, i)
+                    layout, planned_by = scene_layout(arm, suite, p.text, i, n, cfg.seed)
+                    job = Job(
+                        key, suite.name, p.id, arm.name, opts.seed, opts.prompt, opts.negative, opts.guidance, i,
+                        layout, planned_by,
+                    )  # fmt: skip
                     jobs.append(job)
     return jobs
 
 
 def shard_batches(jobs: list[Job], arms: dict[str, Arm], cfg: AuditConfig, rank: int, world_size: int):
-    """Batches of jobs that may share a forward (same batch key), in plan order; rank r takes every
+    """Batches of jobs that may share a forward (same batch key and image size), in plan order; rank r takes every
     world_size-th batch, so shards are balanced and deterministic."""
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
-        groups.setdefault(arms[job.arm].batch_key(cfg.guidance), []).append(job)
+        groups.setdefault((*arms[job.arm].batch_key(cfg.guidance), job.size), []).append(job)
     batches = []
     for key, group in groups.items():
         for i in range(0, len(group), cfg.batch_size):
@@ -334,10 +353,21 @@ def _draw(out, cfg, loaded, detector, runtime, arm_by_name, batches, rank, world
             arm = arm_by_name[batch[0].arm]  # every arm of a batch shares its batch key: one model, one hook
             with arm.sampling(runtime, batch) as extra:
                 options = [j.options(cfg.guidance) for j in batch]
-                request = SamplingRequest(options, steps=cfg.steps, autocast=cfg.autocast, **extra)
+                height, width = batch[0].size or (None, None)
+                request = SamplingRequest(
+                    options, steps=cfg.steps, height=height, width=width, autocast=cfg.autocast, **extra
+                )
                 pixels = sampling.draw(arm.model(runtime), request)
-            probs = detector(pixels)
-            per_image = (time.perf_counter() - t0) / len(batch)
+            scenes: list[dict | None] = [None] * len(batch)
+            if batch[0].layout is None:
+                probs = detector(pixels)
+            else:  # the detector on every box crop; the row's probabilities from them (audit/arms_scene.py)
+                per_image = [
+                    scene_record(img, j.layout, detector, j.planned_by) for j, img in zip(batch, pixels, strict=True)
+                ]
+                scenes = [record for record, _ in per_image]
+                probs = {a: np.asarray([row[a] for _, row in per_image]) for a in per_image[0][1]}
+            seconds = (time.perf_counter() - t0) / len(batch)
             rows = []
             for i, (job, img) in enumerate(zip(batch, pixels, strict=True)):
                 rel = Path("images") / job.suite / job.prompt_id / job.arm / f"{job.seed:06d}.png"
@@ -363,7 +393,8 @@ def _draw(out, cfg, loaded, detector, runtime, arm_by_name, batches, rank, world
                         sha256=hashlib.sha256(data).hexdigest(),
                         probs={a: [round(float(x), 6) for x in p[i]] for a, p in probs.items()},
                         rank=rank,
-                        seconds=per_image,
+                        seconds=seconds,
+                        scene=scenes[i],
                     )
                 )
             store.add(rows)

@@ -7,6 +7,9 @@
 - each rank of a sharded run writes its own file (`store-rank{r}.sqlite`); readers union every store file of
   a run dir and `merge_stores` folds the shards into `store.sqlite`
 - the schema version is checked on open, so a run dir written by an incompatible fairdiff is refused
+- group-scene images (a planner arm, a `kind: group` suite) also get one row in `scenes` (same job key, same
+  transaction): the layout and its verification as JSON. The table is created on open, so a store of an older
+  fairdiff gains it empty; a store opened read-only without it reads as having no scene rows
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ CREATE TABLE IF NOT EXISTS images (
     rank INTEGER NOT NULL,
     seconds REAL NOT NULL       -- generation + detection time of the batch, per image
 );
+CREATE TABLE IF NOT EXISTS scenes (
+    job_key TEXT PRIMARY KEY,
+    record TEXT NOT NULL        -- JSON: the image's layout and verification (audit/arms_scene.py)
+);
 """
 
 
@@ -56,6 +63,7 @@ class ImageRow:
     probs: dict[str, list[float]]
     rank: int = 0
     seconds: float = 0.0
+    scene: dict | None = None  # group-scene images: layout and verification (the `scenes` table)
 
 
 _COLUMNS = ("job_key", "suite", "prompt_id", "arm", "seed", "prompt", "negative", "image", "sha256", "probs", "rank")
@@ -118,6 +126,7 @@ class Store:
 
     def add(self, rows: Iterable[ImageRow]) -> int:
         """Insert a batch in one transaction; rows whose key is present are ignored. Returns rows inserted."""
+        rows = list(rows)
         values = [
             (
                 r.job_key,
@@ -139,6 +148,8 @@ class Store:
             self.db.execute("BEGIN IMMEDIATE")
             before = self.db.total_changes
             self.db.executemany(f"INSERT OR IGNORE INTO images VALUES ({', '.join('?' * 12)})", values)
+            scenes = [(r.job_key, json.dumps(r.scene)) for r in rows if r.scene is not None]
+            self.db.executemany("INSERT OR IGNORE INTO scenes VALUES (?, ?)", scenes)
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             if self.db.in_transaction:
@@ -152,8 +163,14 @@ class Store:
         """Every row, checked: a column of the wrong type or probabilities that are not JSON {attribute: [p, ...]}
         raise a FairdiffError naming the job key."""
         try:
+            has_scenes = self.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'scenes'"
+            ).fetchone()
+            columns = ", ".join(f"images.{c}" for c in _COLUMNS)
+            scene = "scenes.record" if has_scenes else "NULL"
+            join = "LEFT JOIN scenes ON scenes.job_key = images.job_key" if has_scenes else ""
             cur = self.db.execute(
-                f"SELECT {', '.join(_COLUMNS)}, seconds FROM images ORDER BY suite, prompt_id, arm, seed"
+                f"SELECT {columns}, images.seconds, {scene} FROM images {join} ORDER BY suite, prompt_id, arm, seed"
             )
             for r in cur:
                 yield _checked_row(self.path, r)
@@ -184,7 +201,15 @@ def _checked_row(path: Path, r: tuple) -> ImageRow:
     )
     if not ok:
         raise FairdiffError(f"store {path}: job {key!r}: probs must be JSON {{attribute: [p, ...]}}, got {r[9]!r:.60}")
-    return ImageRow(*r[:9], probs=probs, rank=r[10], seconds=float(r[11]))
+    scene = None
+    if len(r) > 12 and r[12] is not None:
+        try:
+            scene = json.loads(r[12]) if isinstance(r[12], str) else None
+        except ValueError:
+            scene = None
+        if not isinstance(scene, dict):
+            raise FairdiffError(f"store {path}: job {key!r}: its scene record is not a JSON object: {r[12]!r:.60}")
+    return ImageRow(*r[:9], probs=probs, rank=r[10], seconds=float(r[11]), scene=scene)
 
 
 def store_files(run_dir: Path) -> list[Path]:

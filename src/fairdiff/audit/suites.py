@@ -10,6 +10,13 @@ A suite is YAML (built-ins in `fairdiff/data/`, or any file). Prompts are templa
     values: {occupation: [doctor, {value: physician, of: doctor}]}
 
 `kind: outcome` names an `outcome` (e.g. revealing) and the `groups` the prompts mark ({gender} x {ethnicity}).
+`kind: group` suites hold group prompts ("a photo of five doctors"); their `scene` block says how the rules planner
+lays out each image (`scene: {people: 5, mix: [skin=uniform], diversify: auto, canvas: [160, 32]}`, every key
+optional: people when the prompt names no count, the mix the planned layout is measured against, default
+gender=uniform and skin=uniform; the canvas, default 32 px per person in a row). Every arm draws a group prompt on
+its layout's canvas and is measured per person on the box crops (adherence, mix error: audit/arms_scene.py); a
+planner arm draws its own layout, the other arms the plain prompt, measured against the layout the planner would
+have made.
 `world: true` suites use the portrait world's vocabulary (skin "dark" is written "dark-skinned") and carry the
 world config's ground truth per prompt, so an audit can check its own numbers against what was injected.
 """
@@ -55,8 +62,9 @@ BUILTIN_SUITES = (
     "world-heldout-paraphrases",
     "world-explicit",
     "world-avatars-negative",
+    "world-groups",  # group prompts for the planner arm (kind: group)
 )
-KINDS = ("shares", "outcome")
+KINDS = ("shares", "outcome", "group")
 MAX_PROMPTS = 100_000
 _FIELD = re.compile(r"\{(\w+)\}")
 
@@ -86,6 +94,7 @@ class Suite:
     world: bool = False
     description: str = ""
     source: str = ""
+    scene: dict | None = None  # kind group: the scene block (SceneModel.model_dump())
 
     def spec(self) -> dict:
         """What a run dir records about the suite (enough to rebuild its prompts)."""
@@ -99,6 +108,7 @@ class Suite:
             "outcome": self.outcome,
             "groups": self.groups,
             "world": self.world,
+            **({"scene": self.scene} if self.scene is not None else {}),
             "prompts": [{"id": p.id, "text": p.text, "fields": p.fields, "context": p.context} for p in self.prompts],
         }
 
@@ -150,6 +160,52 @@ def _entry_item(value: Any) -> Any:
 
 
 Names = Annotated[list[NonEmptyStr], Expected("a list of names"), BeforeValidator(none_as([]))]
+
+
+def _scene_mix(items: list[str]) -> list[str]:
+    from fairdiff.mix import parse_mix
+    from fairdiff.world.schema import ATTRIBUTES, DEMOGRAPHIC_ATTRIBUTES
+
+    try:  # the attributes a group image is judged on (audit/arms_scene.py)
+        parse_mix(items, {a: ATTRIBUTES[a] for a in DEMOGRAPHIC_ATTRIBUTES})
+    except FairdiffError as exc:
+        raise ConfigValueError(str(exc).removeprefix("--")) from None
+    return items
+
+
+def _canvas(size: tuple[int, int]) -> tuple[int, int]:
+    if any(v % 8 for v in size):
+        raise ConfigValueError(f"expected width and height that are multiples of 8 pixels, got {list(size)}")
+    return size
+
+
+class SceneModel(ConfigModel):
+    """How the rules planner lays out a group suite's images (see the module docstring)."""
+
+    people: Annotated[int, Expected("a whole number of people from 1 to 64"), Field(ge=1, le=64)] | None = None
+    mix: (
+        Annotated[
+            list[Annotated[str, Expected("ATTRIBUTE=uniform or ATTRIBUTE=VALUE:WEIGHT,...")]],
+            Expected("a list of ATTRIBUTE=uniform | ATTRIBUTE=VALUE:WEIGHT,... items"),
+            AfterValidator(_scene_mix),
+        ]
+        | None
+    ) = None
+    diversify: Annotated[Literal["auto", "on", "off"], Expected("one of auto, on, off")] = "auto"
+    canvas: (
+        Annotated[
+            tuple[
+                Annotated[int, Expected("pixels from 8 to 8192"), Field(ge=8, le=8192)],
+                Annotated[int, Expected("pixels from 8 to 8192"), Field(ge=8, le=8192)],
+            ],
+            Expected("[width, height] in pixels"),
+            BeforeValidator(lambda v: tuple(v) if isinstance(v, list) and len(v) == 2 else v),  # YAML has no tuples
+            AfterValidator(_canvas),
+        ]
+        | None
+    ) = None
+
+
 Share = Annotated[float, Expected("shares must be numbers >= 0", phrase=True), Field(ge=0)]
 
 
@@ -158,7 +214,7 @@ class SuiteFile(ConfigModel):
 
     name: SafeName
     description: str = ""
-    kind: Literal["shares", "outcome"] = "shares"
+    kind: Literal["shares", "outcome", "group"] = "shares"
     world: Annotated[bool, Expected("true or false")] = False
     images_per_prompt: Annotated[
         int, Expected(f"an integer from 1 to {MAX_IMAGES_PER_PROMPT}"), Field(ge=1, le=MAX_IMAGES_PER_PROMPT)
@@ -183,6 +239,7 @@ class SuiteFile(ConfigModel):
     outcome: str | None = None
     intersections: Annotated[list[Names], BeforeValidator(none_as([]))] = []
     target: Annotated[dict[str, dict[str, Share]], BeforeValidator(none_as({}))] = {}
+    scene: SceneModel | None = None
 
     @property
     def fields_used(self) -> set[str]:
@@ -194,6 +251,10 @@ class SuiteFile(ConfigModel):
         missing = sorted(used - set(self.values))
         if missing:
             raise ConfigValueError(f"no values for template field {missing[0]!r}", "values")
+        if (self.kind == "group") != (self.scene is not None):
+            raise ConfigValueError("a `kind: group` suite (and only one) has a scene block", "scene")
+        if self.kind == "group" and (self.measure or self.target or self.world):
+            raise ConfigValueError("a `kind: group` suite is measured per person (no measure, target or world)", "kind")
         if self.kind == "shares" and not self.measure:
             raise ConfigValueError("a `kind: shares` suite needs the attributes to measure", "measure")
         if self.kind == "outcome":
@@ -273,6 +334,7 @@ def parse_suite(data: Any, source: str = "<dict>", world_config=None) -> Suite:
         world=world,
         description=model.description,
         source=source,
+        scene=model.scene.model_dump(mode="json") if model.scene is not None else None,
     )
 
 

@@ -2,6 +2,10 @@
 
 - `kind: shares` suites -> a MetricFrame over the measured attributes (per prompt, suite means over prompts)
 - `kind: outcome` suites -> an OutcomeFrame: the outcome's rate per marked group and the parity between groups
+- `kind: group` suites -> a SceneFrame: per arm (and per arm and prompt) the people drawn as planned (adherence,
+  Wilson 95% CI over people) and the mean image mix error (TV between planned and detected shares of the image's
+  people, percentile bootstrap CI over images; audit/arms_scene.py); group images are not portraits, so validity
+  and the Fréchet distance are computed on the other suites' images only
 - world suites also get a truth table: every estimate beside the share the world config injected, and
   whether its CI covers it
 - quality per arm: validity (every detector head >= 0.9 confident, Wilson CI), the detector's measured accuracy,
@@ -12,7 +16,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -21,14 +25,74 @@ from fairdiff.audit import quality as arm_quality
 from fairdiff.audit.results import RunResults
 from fairdiff.errors import FairdiffError
 from fairdiff.metrics import SHARE_METRICS, MetricFrame, OutcomeFrame
+from fairdiff.metrics.bootstrap import BootstrapConfig, percentile_ci, stream, wilson_ci
 from fairdiff.metrics.frame import plain, records
+
+SCENE_CONFIDENCE = 0.95
+
+
+@dataclass
+class SceneFrame:
+    """Group-scene outcomes of one suite: `overall` per arm, `by_prompt` per arm and prompt (see the module
+    docstring; `mix_error_<attribute>` columns: the mean per judged attribute)."""
+
+    overall: pd.DataFrame
+    by_prompt: pd.DataFrame
+    bootstrap: BootstrapConfig
+
+    def to_dict(self) -> dict:
+        return {
+            "overall": records(self.overall),
+            "by_prompt": records(self.by_prompt),
+            "bootstrap": vars(self.bootstrap),
+        }
+
+
+def _scene_rows(data: pd.DataFrame, keys: list[str], boot: BootstrapConfig, suite: str) -> pd.DataFrame:
+    attributes = [c for c in data.columns if c.startswith("mix_error_")]
+    out = []
+    for key, d in data.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        k, n = int(d["people_as_planned"].sum()), int(d["people_judged"].sum())
+        low, high = wilson_ci(np.array(k), np.array(n), boot.confidence) if n else (np.nan, np.nan)
+        errors = d["mix_error"].dropna().to_numpy(dtype=float)
+        e_low = e_high = np.nan
+        if len(errors):
+            rng = stream(boot.seed, "scene", suite, *map(str, key))
+            draws = errors[rng.integers(0, len(errors), size=(boot.n_boot, len(errors)))].mean(axis=1)
+            e_low, e_high = percentile_ci(draws, boot.confidence)
+        row = dict(zip(keys, key, strict=True))
+        row |= {
+            "planned_by": "/".join(sorted(set(d["planned_by"].astype(str)))),
+            "images": len(d),
+            "people_judged": n,
+            "people_as_planned": k,
+            "adherence": k / n if n else np.nan,
+            "adherence_ci_low": float(low),
+            "adherence_ci_high": float(high),
+            "mix_error": float(errors.mean()) if len(errors) else np.nan,
+            "mix_error_ci_low": float(e_low),
+            "mix_error_ci_high": float(e_high),
+        }
+        row |= {a: float(d[a].mean()) for a in attributes}
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def scene_frame(data: pd.DataFrame, suite: str, n_boot: int = 1000, seed: int = 0) -> SceneFrame:
+    """The SceneFrame of one group suite's rows (`results.rows` with the scene columns)."""
+    boot = BootstrapConfig(n_boot, SCENE_CONFIDENCE, seed)
+    boot.check()
+    if "adherence" not in data.columns:
+        raise FairdiffError(f"suite {suite}: its images have no scene records (audited by an older fairdiff?)")
+    return SceneFrame(_scene_rows(data, ["arm"], boot, suite), _scene_rows(data, ["arm", "prompt"], boot, suite), boot)
 
 
 @dataclass
 class SuiteSummary:
     name: str
     kind: str
-    frame: MetricFrame | OutcomeFrame
+    frame: MetricFrame | OutcomeFrame | SceneFrame
     truth: pd.DataFrame | None = None  # estimate vs injected truth (world suites)
     by_prompt_outcome: pd.DataFrame | None = None  # outcome suites: rate per prompt (and its truth)
     spec: dict = field(default_factory=dict)
@@ -39,6 +103,8 @@ class SuiteSummary:
     def tables(self) -> dict[str, pd.DataFrame | None]:
         """Every metrics table of the suite by name (None: not measured), as run dirs and `report --csv` write them."""
         f = self.frame
+        if self.kind == "group":
+            return {"overall": f.overall, "by_prompt": f.by_prompt}
         if self.kind == "shares":
             out = {"overall": f.overall, "by_prompt": f.by_prompt, "shares": f.shares}
             return out | ({"stated": self.stated} if self.stated is not None else {})
@@ -90,7 +156,9 @@ def summarize(results: RunResults, n_boot: int = 1000, seed: int = 0, frechet: b
         if data.empty:
             continue
         truth = truth_all.get(name, {})
-        if spec["kind"] == "shares":
+        if spec["kind"] == "group":
+            suites[name] = SuiteSummary(name, "group", scene_frame(data, name, n_boot, seed), spec=spec)
+        elif spec["kind"] == "shares":
             suites[name] = _shares_summary(name, spec, data, results.classes, truth, n_boot, seed)
         else:
             suites[name] = _outcome_summary(name, spec, data, results.classes, truth, n_boot, seed)
@@ -103,24 +171,29 @@ def summarize(results: RunResults, n_boot: int = 1000, seed: int = 0, frechet: b
 
 def _quality(results: RunResults, suites: dict[str, SuiteSummary], n_boot: int, seed: int, frechet: bool):
     """One row per arm (in the run's arm order) with every quality number (see the module docstring)."""
-    from fairdiff.metrics.bootstrap import wilson_ci
-
+    groups = {name for name, spec in results.suites.items() if spec.get("kind") == "group"}
+    portraits = results.rows[~results.rows["suite"].isin(groups)]  # group scenes are not portraits
+    valid = portraits.groupby("arm", sort=False).agg(valid_images=("valid", "sum"), portraits=("valid", "size"))
     quality = (
         results.rows.groupby("arm", sort=False)
-        .agg(images=("image", "size"), valid_images=("valid", "sum"))
+        .agg(images=("image", "size"))
+        .join(valid, on="arm")
         .reset_index()
         .assign(arm=lambda d: pd.Categorical(d["arm"], results.arms, ordered=True))
         .sort_values("arm")
         .assign(arm=lambda d: d["arm"].astype(str))
         .reset_index(drop=True)
     )
-    quality.insert(2, "validity", quality["valid_images"] / quality["images"])
-    quality.insert(3, "validity_ci_low", wilson_ci(quality["valid_images"], quality["images"], 0.95)[0])
-    quality.insert(4, "validity_ci_high", wilson_ci(quality["valid_images"], quality["images"], 0.95)[1])
-    quality = quality.drop(columns="valid_images")
+    k, n = quality["valid_images"].fillna(0).to_numpy(), quality["portraits"].fillna(0).to_numpy()
+    low, high = wilson_ci(k, np.maximum(n, 1), 0.95)
+    quality.insert(2, "validity", np.where(n > 0, k / np.maximum(n, 1), np.nan))
+    quality.insert(3, "validity_ci_low", np.where(n > 0, low, np.nan))
+    quality.insert(4, "validity_ci_high", np.where(n > 0, high, np.nan))
+    quality = quality.drop(columns=["valid_images", "portraits"])
     arms = quality["arm"].tolist()
-    if frechet:
-        fd = arm_quality.frechet_by_arm(results, n_boot=min(n_boot, arm_quality.FD_N_BOOT), seed=seed)
+    if frechet and not portraits.empty:
+        on = results if not groups else replace(results, rows=portraits)
+        fd = arm_quality.frechet_by_arm(on, n_boot=min(n_boot, arm_quality.FD_N_BOOT), seed=seed)
     else:
         fd = pd.DataFrame({"arm": arms, **{c: np.nan for c in arm_quality.FD_COLUMNS}})
     stated = [s.stated for s in suites.values() if s.stated is not None]

@@ -156,6 +156,19 @@ def print_headline(summary) -> None:
                     for a in attrs
                 ]
                 table.add_row("[italic]world truth[/]", *cells, *([""] if s.truth is not None else []))
+        elif s.kind == "group":
+            table = Table(
+                "arm", "layout", "adherence [95% CI]", "mix error [95% CI]",
+                title=f"{name}: people drawn as planned; TV between planned and detected shares per image",
+            )  # fmt: skip
+            for q in s.frame.overall.to_dict("records"):
+                adherence = _ci(q["adherence"], q["adherence_ci_low"], q["adherence_ci_high"])
+                table.add_row(
+                    q["arm"],
+                    q["planned_by"],
+                    adherence,
+                    _ci(q["mix_error"], q["mix_error_ci_low"], q["mix_error_ci_high"]),
+                )
         else:
             spec = s.spec
             ratio = s.frame.ratio()
@@ -202,7 +215,9 @@ def print_headline(summary) -> None:
         table.columns[0].no_wrap = True
         console.print(table)
     q = summary.quality
-    line = ", ".join(f"{a} {v:.3f}" for a, v in zip(q["arm"], q["validity"], strict=True))
+    line = ", ".join(
+        f"{a} {v:.3f}" if v == v else f"{a} - (group scenes only)" for a, v in zip(q["arm"], q["validity"], strict=True)
+    )
     from fairdiff.metrics.quality import VALIDITY_CONFIDENCE
 
     console.print(f"validity (every head >= {VALIDITY_CONFIDENCE} confident): {line}", highlight=False)
@@ -323,6 +338,8 @@ def report(
 def demo(
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Run directory (report.html goes here too)."),
     n: int = typer.Option(None, "-n", help="Images per prompt and arm (default: each suite's, a few minutes' worth)."),
+    steps: int = typer.Option(DEFAULT_STEPS, "--steps", help="Denoising steps (fewer: a quick look)."),
+    max_prompts: int = typer.Option(None, "--max-prompts", help="Only the first N prompts of each suite."),
     autocast: str = typer.Option(
         DEFAULT_AUTOCAST, "--autocast", help="bf16 autocast: auto (on where the CPU runs bf16 natively), on, off."
     ),
@@ -330,12 +347,15 @@ def demo(
     """The main job on the bundled default: audit the tiny model on the world suites, print, write the report.
 
     Arms: `base` at guidance 1 (the model's learned distribution, to check against the world's truth),
-    `guided` at the model's default guidance 3, and `guided-no-revealing` (guidance 3, negative prompt
-    "revealing clothes"). Run it again on the same --out and it continues (or just re-reports) that run."""
+    `guided` at the model's default guidance 3, `guided-no-revealing` (guidance 3, negative prompt
+    "revealing clothes"), and the shipped mitigations at guidance 3: the fairness LoRA `lora-balanced`,
+    the closed-form edit `edit-uce` and the exact-quota arm `quota` (docs/mitigate.md). Run it again on the
+    same --out and it continues (or just re-reports) that run."""
     with expected_errors():
         from fairdiff.audit.runner import AuditConfig
         from fairdiff.models.tiny import DEFAULT_GUIDANCE_SCALE
         from fairdiff.report import render_report, summarized_run
+        from fairdiff.world.shipped import shipped_arms
 
         cfg = AuditConfig(
             model="tiny",
@@ -349,8 +369,11 @@ def demo(
                     "guidance": DEFAULT_GUIDANCE_SCALE,
                     "negative": DEMO_NEGATIVE,
                 },
+                *({**arm, "guidance": DEFAULT_GUIDANCE_SCALE} for arm in shipped_arms()),
             ],
             images_per_prompt=n,
+            max_prompts=max_prompts,
+            steps=steps,
             batch_size=64,
             autocast=autocast,
         )

@@ -139,6 +139,8 @@ def suite_charts(runs: list[ReportRun], colors: dict[str, str]) -> list[SuiteCha
     out = []
     for name in suite_names(runs):
         kind = suite_spec(runs, name)["kind"]
+        if kind == "group":
+            continue  # group scenes: tables and the image grid with box outlines (report/tables.py, grids.py)
         charts = shares_charts if kind == "shares" else parity_charts
         out.append(charts(runs, name, colors, ids))
     return out

@@ -36,7 +36,7 @@ class Table:
 @dataclass
 class SuiteSection:
     name: str
-    kind: str  # shares | outcome
+    kind: str  # shares | outcome | group
     description: str
     prompts: int  # prompts with images (over all runs)
     suite_prompts: int  # prompts the suite defines (an audit may take the first few only)
@@ -204,7 +204,10 @@ def suite_sections(runs: list[ReportRun]) -> list[SuiteSection]:
     out = []
     for name in suite_names(runs):
         spec = suite_spec(runs, name)
-        tables = [shares_table(runs, name)] if spec["kind"] == "shares" else outcome_tables(runs, name)
+        if spec["kind"] == "group":
+            tables = scene_tables(runs, name)
+        else:
+            tables = [shares_table(runs, name)] if spec["kind"] == "shares" else outcome_tables(runs, name)
         out.append(
             SuiteSection(
                 name=name,
@@ -216,6 +219,45 @@ def suite_sections(runs: list[ReportRun]) -> list[SuiteSection]:
             )
         )
     return out
+
+
+def scene_tables(runs: list[ReportRun], name: str) -> list[Table]:
+    """A group suite's per-person outcomes: per arm, then per arm and prompt (adherence, mix error, with CIs)."""
+    columns = ["images", "people", "layout", "adherence [95% CI]", "mix error [95% CI]", "by attribute"]
+    overall = Table(["arm", *columns])
+    by_prompt = Table(["arm", "prompt", *columns], title="Per prompt")
+    for r in runs:
+        s = r.suite(name)
+        if s is None:
+            continue
+        for table, frame, keys in (
+            (overall, s.frame.overall, ["arm"]),
+            (by_prompt, s.frame.by_prompt, ["arm", "prompt"]),
+        ):
+            for q in frame.to_dict("records"):
+                attributes = [c for c in q if c.startswith("mix_error_") and not c.startswith("mix_error_ci")]
+                table.rows.append(
+                    [
+                        r.arm_label(q["arm"]),
+                        *([str(q["prompt"])] if "prompt" in keys else []),
+                        str(q["images"]),
+                        str(q["people_judged"]),
+                        {"arm": "planned", "reference": "measured against"}.get(q["planned_by"], q["planned_by"]),
+                        with_ci(q["adherence"], q["adherence_ci_low"], q["adherence_ci_high"], 3),
+                        with_ci(q["mix_error"], q["mix_error_ci_low"], q["mix_error_ci_high"], 3),
+                        ", ".join(f"{c.removeprefix('mix_error_')} {number(q[c], 3)}" for c in attributes),
+                    ]
+                )
+    overall.notes = [
+        "adherence: share of people whose planned gender / skin / age the detector sees on their box crop (Wilson CI "
+        "over people); mix error: per image, the total variation between the planned and the detected shares of its "
+        "people (max over attributes; 0 = the planned mix exactly), mean over images with a bootstrap CI.",
+        "planned: a planner arm draws each box from its layout; measured against: the arm draws the plain prompt on "
+        "the same canvas and is compared with the layout the planner would have made (its adherence is chance "
+        "placement; the mix error is its skew).",
+    ]
+    overall.notes += _accuracy_notes(runs, None)
+    return [overall, by_prompt]
 
 
 def stated_tables(runs: list[ReportRun], name: str) -> list[Table]:
