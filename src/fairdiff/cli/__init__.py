@@ -7,7 +7,7 @@ Heavy imports (torch, diffusers, pandas) stay inside command bodies so `--help` 
 
 from __future__ import annotations
 
-from fairdiff.cli import adapters, audit, generate, metrics, mitigate, scene, world  # noqa: F401  (each registers)
+from fairdiff.cli import adapters, audit, generate, metrics, mitigate, scene, study, world  # noqa: F401  (each registers)
 from fairdiff.cli.app import app
 
 __all__ = ["app"]
